@@ -1,0 +1,24 @@
+// Benchmark figures: each benchmark prints its figure next to the limit it is held to, and
+// appends the run to bench/results/<file>.tsv so results stay comparable across commits and
+// machines. Used by the binaries under bench/; call from the benchmark's main thread.
+#pragma once
+
+#include <string>
+
+namespace strata::bench {
+
+struct Figure {
+  std::string name;  // e.g. "tokenizer_encode_1core"
+  double value;
+  std::string unit;  // e.g. "MB/s"
+  double limit;      // the target the value is compared with
+  bool higher_is_better = true;
+};
+
+// Prints "<name>: <value> <unit>  limit <limit> <unit>  ratio <value/limit>  PASS|BELOW TARGET"
+// and appends a tab-separated line to <repo>/bench/results/<results_file>.tsv: UTC date, machine
+// (hostname and CPU model), git commit (short hash, "unknown" outside git), name, value, unit,
+// limit, ratio. A results file that cannot be written is reported on stderr, not fatal.
+void Report(const Figure& figure, const std::string& results_file);
+
+}  // namespace strata::bench

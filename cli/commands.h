@@ -1,0 +1,23 @@
+// Subcommands of the `strata` binary. Each Add*Command registers its flags on `app` and sets the
+// callback that runs it; the callback stores the process exit code in `*exit_code`.
+#pragma once
+
+#include <string>
+
+#include "CLI/CLI.hpp"
+
+namespace strata::cli {
+
+// Where tokenizer files come from when a command needs them and no model folder has them:
+// $STRATA_TOKENIZER_DIR, else the folder the build was configured with (make tokenizer).
+std::string DefaultTokenizerDir();
+
+// Prints "strata <command>: <message>" to stderr and returns 1 (the exit code for bad input).
+int Fail(const std::string& command, const std::string& message);
+
+void AddMkmodelCommand(CLI::App& app, int* exit_code);
+void AddInspectCommand(CLI::App& app, int* exit_code);
+void AddTokenizeCommands(CLI::App& app, int* exit_code);
+void AddKvSizeCommand(CLI::App& app, int* exit_code);
+
+}  // namespace strata::cli

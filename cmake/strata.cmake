@@ -1,0 +1,48 @@
+# Helpers every component uses: one library target per folder, tests registered with ctest.
+
+set(STRATA_WARNINGS -Wall -Wextra -Wpedantic -Wno-missing-field-initializers)
+if(STRATA_WERROR)
+  list(APPEND STRATA_WARNINGS -Werror)
+endif()
+
+if(STRATA_SANITIZE STREQUAL "address")
+  add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  add_link_options(-fsanitize=address,undefined)
+elseif(STRATA_SANITIZE STREQUAL "thread")
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+elseif(NOT STRATA_SANITIZE STREQUAL "")
+  message(FATAL_ERROR "STRATA_SANITIZE must be '', 'address' or 'thread', not '${STRATA_SANITIZE}'")
+endif()
+
+# strata_add_library(NAME SOURCES ... DEPS ...): the component's library, `strata_<NAME>`,
+# with the repository root as its include root (#include "engine/tokenizer.h").
+function(strata_add_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS" ${ARGN})
+  add_library(strata_${name} ${ARG_SOURCES})
+  add_library(strata::${name} ALIAS strata_${name})
+  target_include_directories(strata_${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_compile_options(strata_${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${STRATA_WARNINGS}>)
+  target_link_libraries(strata_${name} PUBLIC ${ARG_DEPS})
+endfunction()
+
+# strata_add_test(NAME SOURCES ... DEPS ... [LABELS ...] [ENV ...]): one GoogleTest binary,
+# its tests discovered individually by ctest.
+function(strata_add_test name)
+  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS;ENV;FIXTURES" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_compile_options(${name} PRIVATE ${STRATA_WARNINGS})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gmock GTest::gtest_main)
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
+  set(props TIMEOUT ${ARG_TIMEOUT} LABELS "${ARG_LABELS}")
+  if(ARG_ENV)
+    list(APPEND props ENVIRONMENT "${ARG_ENV}")
+  endif()
+  if(ARG_FIXTURES)
+    list(APPEND props FIXTURES_REQUIRED "${ARG_FIXTURES}")
+  endif()
+  gtest_discover_tests(${name} TEST_PREFIX "${name}." DISCOVERY_TIMEOUT 60 PROPERTIES ${props})
+endfunction()
+include(GoogleTest)

@@ -1,0 +1,81 @@
+#include "engine/kv_cache.h"
+
+#include <cstring>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "xxhash.h"
+
+namespace strata::engine {
+
+void SealKvRecord(uint8_t* record, int64_t total_bytes, KvRecordKind kind, uint64_t fingerprint, uint64_t tokens) {
+  KvRecordHeader h{};
+  h.magic = kKvMagic;
+  h.version = kKvVersion;
+  h.kind = static_cast<uint16_t>(kind);
+  h.fingerprint = fingerprint;
+  h.payload_bytes = static_cast<uint64_t>(total_bytes - kKvHeaderBytes);
+  h.tokens = tokens;
+  h.checksum = XXH3_64bits(record + kKvHeaderBytes, h.payload_bytes);
+  std::memcpy(record, &h, sizeof(h));
+}
+
+absl::Status VerifyKvRecord(const uint8_t* record, int64_t total_bytes, KvRecordKind kind, uint64_t fingerprint) {
+  const char* what = kind == KvRecordKind::kBlock ? "KV block" : "KV state slot";
+  if (total_bytes < kKvHeaderBytes) return absl::DataLossError(absl::StrCat(what, ": shorter than its header"));
+  KvRecordHeader h;
+  std::memcpy(&h, record, sizeof(h));
+  if (h.magic != kKvMagic) return absl::DataLossError(absl::StrCat(what, ": bad magic (not a Strata KV record)"));
+  if (h.version != kKvVersion) {
+    return absl::DataLossError(absl::StrCat(what, ": version ", h.version, ", this build reads ", kKvVersion));
+  }
+  if (h.kind != static_cast<uint16_t>(kind)) return absl::DataLossError(absl::StrCat(what, ": wrong record kind ", h.kind));
+  if (h.fingerprint != fingerprint) {
+    return absl::DataLossError(absl::StrCat(what, ": written for another model layout"));
+  }
+  if (h.payload_bytes != static_cast<uint64_t>(total_bytes - kKvHeaderBytes)) {
+    return absl::DataLossError(absl::StrCat(what, ": payload is ", h.payload_bytes, " bytes, want ",
+                                            total_bytes - kKvHeaderBytes));
+  }
+  if (XXH3_64bits(record + kKvHeaderBytes, h.payload_bytes) != h.checksum) {
+    return absl::DataLossError(absl::StrCat(what, ": checksum mismatch (corrupt)"));
+  }
+  return absl::OkStatus();
+}
+
+KvPool::KvPool(const KvLayout& layout, int64_t num_blocks)
+    : layout_(layout),
+      num_blocks_(num_blocks),
+      memory_(new uint8_t[static_cast<size_t>(num_blocks * layout.block_bytes())]) {
+  absl::MutexLock lock(&mu_);
+  free_.resize(static_cast<size_t>(num_blocks));
+  // Hand out low ids first.
+  std::iota(free_.rbegin(), free_.rend(), 0);
+}
+
+absl::StatusOr<int32_t> KvPool::Allocate() {
+  int32_t id;
+  {
+    absl::MutexLock lock(&mu_);
+    if (free_.empty()) {
+      return absl::ResourceExhaustedError(absl::StrCat("KV pool full (", num_blocks_, " blocks of ",
+                                                       layout_.block_bytes(), " bytes)"));
+    }
+    id = free_.back();
+    free_.pop_back();
+  }
+  std::memset(block(id), 0, static_cast<size_t>(layout_.block_bytes()));
+  return id;
+}
+
+void KvPool::Free(int32_t id) {
+  absl::MutexLock lock(&mu_);
+  free_.push_back(id);
+}
+
+int64_t KvPool::free_blocks() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(free_.size());
+}
+
+}  // namespace strata::engine

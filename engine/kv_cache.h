@@ -1,0 +1,75 @@
+// The KV cache's memory (DESIGN.md §5): a paged pool of fixed-size blocks, each covering 128
+// tokens of every layer, and per-request state slots. Blocks and slots are records — a 64-byte
+// header (magic, version, kind, layout fingerprint, payload size, token count, XXH3 checksum)
+// followed by the payload — so the bytes in the pool are the bytes sent over the wire and written
+// to disk; Verify() is what a receiver or a reader from disk runs before trusting them.
+//
+// Threading: KvPool allocation is thread-safe; a block's contents belong to whoever holds its id.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/kv_layout.h"
+
+namespace strata::engine {
+
+enum class KvRecordKind : uint16_t { kBlock = 1, kState = 2 };
+
+struct KvRecordHeader {
+  uint32_t magic;        // kKvMagic
+  uint16_t version;      // kKvVersion
+  uint16_t kind;         // KvRecordKind
+  uint64_t fingerprint;  // KvLayout::fingerprint()
+  uint64_t payload_bytes;
+  uint64_t tokens;       // block: tokens written (≤ 128); state: the sequence position
+  uint64_t checksum;     // XXH3-64 of the payload, set by Seal()
+  uint8_t reserved[24];
+};
+static_assert(sizeof(KvRecordHeader) == kKvHeaderBytes);
+
+inline constexpr uint32_t kKvMagic = 0x3156'4B53;  // "SKV1" little-endian
+inline constexpr uint16_t kKvVersion = 1;
+
+// Writes the header of a record of `total_bytes` (header included) with its checksum.
+void SealKvRecord(uint8_t* record, int64_t total_bytes, KvRecordKind kind, uint64_t fingerprint, uint64_t tokens);
+// Checks magic, version, kind, layout and checksum; the message says which failed.
+absl::Status VerifyKvRecord(const uint8_t* record, int64_t total_bytes, KvRecordKind kind, uint64_t fingerprint);
+
+class KvPool {
+ public:
+  KvPool(const KvLayout& layout, int64_t num_blocks);
+
+  // A zeroed block id; ResourceExhausted when the pool is full.
+  absl::StatusOr<int32_t> Allocate();
+  void Free(int32_t id);
+  uint8_t* block(int32_t id) { return memory_.get() + static_cast<size_t>(id) * layout_.block_bytes(); }
+  const uint8_t* block(int32_t id) const { return memory_.get() + static_cast<size_t>(id) * layout_.block_bytes(); }
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t free_blocks() const;
+  const KvLayout& layout() const { return layout_; }
+  // The whole pool, for registering with a transport.
+  uint8_t* memory() { return memory_.get(); }
+  int64_t memory_bytes() const { return num_blocks_ * layout_.block_bytes(); }
+
+ private:
+  const KvLayout layout_;
+  const int64_t num_blocks_;
+  std::unique_ptr<uint8_t[]> memory_;
+  mutable absl::Mutex mu_;
+  std::vector<int32_t> free_ ABSL_GUARDED_BY(mu_);
+};
+
+// One sequence's cache: its position, block table and state slot. Owned by the engine's step
+// loop (one thread).
+struct SequenceCache {
+  int64_t position = 0;          // tokens processed so far
+  std::vector<int32_t> blocks;   // block b covers tokens [128b, 128b + 128)
+  std::vector<uint8_t> state;    // KvLayout::state_bytes()
+};
+
+}  // namespace strata::engine
