@@ -62,8 +62,9 @@ void AddInspectCommand(CLI::App& app, int* exit_code) {
                 static_cast<long long>(c.index_head_dim), static_cast<long long>(c.index_topk),
                 static_cast<long long>(c.sliding_window));
     std::printf("vocab      %lld\n", static_cast<long long>(c.vocab_size));
-    std::printf("tensors    %zu in %zu shards, %.3g B parameters, %s\n", (*ckpt)->num_tensors(),
-                (*ckpt)->store().files().size(), params / 1e9,
+    const bool billions = params >= 1e9;
+    std::printf("tensors    %zu in %zu shards, %.3g%s parameters, %s\n", (*ckpt)->num_tensors(),
+                (*ckpt)->store().files().size(), billions ? params / 1e9 : params / 1e6, billions ? "B" : "M",
                 HumanBytes(static_cast<double>((*ckpt)->total_bytes())).c_str());
     for (const auto& [dtype, cb] : by_dtype) {
       std::printf("  %-8s %6llu tensors %12s\n", dtype.c_str(), static_cast<unsigned long long>(cb.first),

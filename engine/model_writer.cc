@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -234,9 +235,9 @@ absl::Status WriteRandomModel(const ModelConfig& config, const ModelWriterOption
     return absl::NotFoundError(absl::StrCat("tokenizer files not found in '", options.tokenizer_dir,
                                             "' (run `make tokenizer`, or pass --tokenizer-dir)"));
   }
-  if (::mkdir(options.out_dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return absl::PermissionDeniedError(absl::StrCat("cannot create ", options.out_dir, ": ", std::strerror(errno)));
-  }
+  std::error_code ec;
+  std::filesystem::create_directories(options.out_dir, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", options.out_dir, ": ", ec.message()));
 
   std::vector<TensorSpec> specs = ExpectedTensors(config);
   // Scales are generated with their weights: index the pairs.
