@@ -36,8 +36,11 @@ test: build
 demo: build
 	@deploy/demo.sh $(STRATA) $(DEMO_MODEL)
 
+# The benchmarks: each prints figure, limit and ratio and appends to bench/results/.
 bench: build
 	@$(BUILD_DIR)/bench/micro/tokenizer_bench
+	@$(BUILD_DIR)/bench/micro/linear_bench
+	@$(STRATA) bench engine
 
 clean:
 	rm -rf $(BUILD_DIR)

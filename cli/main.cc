@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
   strata::cli::AddInspectCommand(app, &exit_code);
   strata::cli::AddTokenizeCommands(app, &exit_code);
   strata::cli::AddKvSizeCommand(app, &exit_code);
+  strata::cli::AddGenerateCommand(app, &exit_code);
+  strata::cli::AddBenchCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

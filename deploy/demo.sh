@@ -25,4 +25,11 @@ step "strata detokenize --model $model --ids '<the ids above>'"
 step "strata tokenize --model $model --chat --text 'What is the capital of France?'"
 "$strata" tokenize --model "$model" --chat --text 'What is the capital of France?'
 
-printf '\nNext: `strata generate` (the CPU engine) and `strata up` (the cluster) are being built; see README.md.\n'
+step "strata generate --model $model --chat 'What is the capital of France?' --max-tokens 24"
+echo "(the demo model has random weights: expect fluent-looking nonsense, streamed token by token)"
+"$strata" generate --model "$model" --chat 'What is the capital of France?' --max-tokens 24
+
+step "strata kv-size --preset flash --context 1048576"
+"$strata" kv-size --preset flash --context 1048576
+
+printf '\nNext: `strata up` (the disaggregated cluster) is being built; see README.md.\n'

@@ -172,42 +172,73 @@ void AttentionLayer::RunCompressors(const StepLayout& step, Projections& p, KvPo
   }
 }
 
-void AttentionLayer::SelectTopK(const float* q_index, const float* w_index, int64_t visible,
-                                const SequenceCache& cache, const KvPool& pool, std::vector<int64_t>* chosen) const {
-  const int64_t ih = c_.index_n_heads, ic = c_.index_head_dim, per_block = kBlockTokens / 4;
-  const int64_t k = std::min<int64_t>(c_.index_topk, visible);
-  chosen->clear();
-  if (k == visible) {
-    chosen->resize(static_cast<size_t>(visible));
-    std::iota(chosen->begin(), chosen->end(), 0);
-    return;
+void AttentionLayer::DecodeEntries(const StepSequenceRef& s, const KvPool& pool, DecodedEntries& out) {
+  const int64_t m = w_.ratio;
+  if (m == 0) return;
+  const int64_t visible = (s.start + s.n) / m, per_block = kBlockTokens / m;
+  const int64_t ic = c_.index_head_dim, hd = c_.head_dim;
+  if (m == 4) {
+    out.index_keys.resize(static_cast<size_t>(visible * ic));
+  } else {
+    out.main.resize(static_cast<size_t>(visible * hd));
   }
-  std::vector<float> scores(static_cast<size_t>(visible)), key(static_cast<size_t>(ic));
-  for (int64_t j = 0; j < visible; ++j) {
-    const uint8_t* block = pool.block(cache.blocks[static_cast<size_t>(j / per_block)]);
-    index_codec_.Decode(block + kv_.indexer_offset + (j % per_block) * index_codec_.bytes, key.data());
-    float score = 0;
-    for (int64_t head = 0; head < ih; ++head) {
-      const float* q = q_index + head * ic;
-      float dot = 0;
-      for (int64_t i = 0; i < ic; ++i) dot += q[i] * key[static_cast<size_t>(i)];
-      score += w_index[head] * std::max(dot, 0.0f);
+  constexpr int64_t kSlice = 256;
+  threads_.ParallelFor(static_cast<size_t>((visible + kSlice - 1) / kSlice), [&](size_t slice) {
+    const int64_t end = std::min<int64_t>(visible, (static_cast<int64_t>(slice) + 1) * kSlice);
+    for (int64_t j = static_cast<int64_t>(slice) * kSlice; j < end; ++j) {
+      const uint8_t* block = pool.block(s.cache->blocks[static_cast<size_t>(j / per_block)]);
+      if (m == 4) {
+        index_codec_.Decode(block + kv_.indexer_offset + (j % per_block) * index_codec_.bytes,
+                            out.index_keys.data() + j * ic);
+      } else {
+        main_codec_.Decode(block + kv_.main_offset + (j % per_block) * main_codec_.bytes, out.main.data() + j * hd);
+      }
     }
-    scores[static_cast<size_t>(j)] = score;
-  }
-  chosen->resize(static_cast<size_t>(visible));
-  std::iota(chosen->begin(), chosen->end(), 0);
-  // Highest scores first; among equal scores the lower index (MODEL.md §5).
-  std::partial_sort(chosen->begin(), chosen->begin() + k, chosen->end(), [&](int64_t a, int64_t b) {
-    const float sa = scores[static_cast<size_t>(a)], sb = scores[static_cast<size_t>(b)];
-    return sa != sb ? sa > sb : a < b;
   });
-  chosen->resize(static_cast<size_t>(k));
-  std::sort(chosen->begin(), chosen->end());
 }
 
-void AttentionLayer::AttendToken(const StepLayout& step, int64_t row, const Projections& p, const KvPool& pool,
-                                 float* o) {
+void AttentionLayer::SelectTopK(const StepSequenceRef& s, const Projections& p, const DecodedEntries& decoded,
+                                std::vector<std::vector<int64_t>>& chosen) {
+  const int64_t ih = c_.index_n_heads, ic = c_.index_head_dim, m = 4;
+  const int64_t max_visible = (s.start + s.n) / m;
+  if (max_visible == 0) return;
+  const WeightView keys{WeightFormat::kF32, decoded.index_keys.data(), nullptr, max_visible, ic};
+  // Tiles of tokens small enough that their score matrix stays within ~128 MiB.
+  const int64_t tile = std::clamp<int64_t>((int64_t{32} << 20) / (ih * max_visible), 1, 64);
+  std::vector<float> dots;
+  for (int64_t first = 0; first < s.n; first += tile) {
+    const int64_t count = std::min(tile, s.n - first);
+    dots.resize(static_cast<size_t>(count * ih * max_visible));
+    backend_.Linear(keys, p.qi.data() + (s.row + first) * ih * ic, count * ih, dots.data());
+    threads_.ParallelFor(static_cast<size_t>(count), [&](size_t i) {
+      const int64_t row = s.row + first + static_cast<int64_t>(i);
+      const int64_t visible = (s.start + first + static_cast<int64_t>(i) + 1) / m;
+      const int64_t k = std::min<int64_t>(c_.index_topk, visible);
+      std::vector<int64_t>& out = chosen[static_cast<size_t>(row)];
+      out.resize(static_cast<size_t>(visible));
+      std::iota(out.begin(), out.end(), 0);
+      if (k == visible) return;
+      const float* w = p.wi.data() + row * ih;
+      const float* d = dots.data() + static_cast<int64_t>(i) * ih * max_visible;
+      std::vector<float> scores(static_cast<size_t>(visible), 0.0f);
+      for (int64_t head = 0; head < ih; ++head) {
+        const float* dh = d + head * max_visible;
+        for (int64_t j = 0; j < visible; ++j) scores[static_cast<size_t>(j)] += w[head] * std::max(dh[j], 0.0f);
+      }
+      // Highest scores first; among equal scores the lower index (MODEL.md §5).
+      std::partial_sort(out.begin(), out.begin() + k, out.end(), [&](int64_t a, int64_t b) {
+        const float sa = scores[static_cast<size_t>(a)], sb = scores[static_cast<size_t>(b)];
+        return sa != sb ? sa > sb : a < b;
+      });
+      out.resize(static_cast<size_t>(k));
+      std::sort(out.begin(), out.end());
+    });
+  }
+}
+
+void AttentionLayer::AttendToken(const StepLayout& step, int64_t row, const Projections& p,
+                                 const DecodedEntries& decoded, const std::vector<int64_t>& chosen,
+                                 const KvPool& pool, float* o) {
   const StepSequenceRef& s = step.seqs[static_cast<size_t>(step.seq_of_row[static_cast<size_t>(row)])];
   const SequenceCache& cache = *s.cache;
   const int64_t pos = step.positions[static_cast<size_t>(row)];
@@ -229,18 +260,14 @@ void AttentionLayer::AttendToken(const StepLayout& step, int64_t row, const Proj
   }
   if (m > 0) {
     const int64_t visible = (pos + 1) / m, per_block = kBlockTokens / m;
-    std::vector<int64_t> chosen;
     if (m == 4) {
-      SelectTopK(p.qi.data() + row * c_.index_n_heads * c_.index_head_dim, p.wi.data() + row * c_.index_n_heads,
-                 visible, cache, pool, &chosen);
+      for (int64_t j : chosen) {
+        const uint8_t* block = pool.block(cache.blocks[static_cast<size_t>(j / per_block)]);
+        main_codec_.Decode(block + kv_.main_offset + (j % per_block) * main_codec_.bytes, entry.data());
+        cand.insert(cand.end(), entry.begin(), entry.end());
+      }
     } else {
-      chosen.resize(static_cast<size_t>(visible));
-      std::iota(chosen.begin(), chosen.end(), 0);
-    }
-    for (int64_t j : chosen) {
-      const uint8_t* block = pool.block(cache.blocks[static_cast<size_t>(j / per_block)]);
-      main_codec_.Decode(block + kv_.main_offset + (j % per_block) * main_codec_.bytes, entry.data());
-      cand.insert(cand.end(), entry.begin(), entry.end());
+      cand.insert(cand.end(), decoded.main.begin(), decoded.main.begin() + visible * hd);
     }
   }
   const int64_t n = static_cast<int64_t>(cand.size()) / hd;
@@ -251,21 +278,14 @@ void AttentionLayer::AttendToken(const StepLayout& step, int64_t row, const Proj
     const float sink = w_.attn_sink[static_cast<size_t>(head)];
     float mx = sink;
     for (int64_t j = 0; j < n; ++j) {
-      const float* kvj = cand.data() + j * hd;
-      float dot = 0;
-      for (int64_t i = 0; i < hd; ++i) dot += q[i] * kvj[i];
-      logits[static_cast<size_t>(j)] = dot * scale;
+      logits[static_cast<size_t>(j)] = Dot(q, cand.data() + j * hd, hd) * scale;
       mx = std::max(mx, logits[static_cast<size_t>(j)]);
     }
     float denom = std::exp(sink - mx);
     for (int64_t j = 0; j < n; ++j) denom += (logits[static_cast<size_t>(j)] = std::exp(logits[static_cast<size_t>(j)] - mx));
     float* oh = o + head * hd;
     std::fill(oh, oh + hd, 0.0f);
-    for (int64_t j = 0; j < n; ++j) {
-      const float pj = logits[static_cast<size_t>(j)] / denom;
-      const float* kvj = cand.data() + j * hd;
-      for (int64_t i = 0; i < hd; ++i) oh[i] += pj * kvj[i];
-    }
+    for (int64_t j = 0; j < n; ++j) Axpy(logits[static_cast<size_t>(j)] / denom, cand.data() + j * hd, oh, hd);
     RoundBf16(oh, hd);
     rope_.Apply(oh + c_.nope_dim(), pos, /*inverse=*/true);
   }
@@ -287,9 +307,17 @@ void AttentionLayer::Forward(const StepLayout& step, const float* h, KvPool& poo
   Projections p;
   Project(step, h, p);
   RunCompressors(step, p, pool);
+  std::vector<DecodedEntries> decoded(step.seqs.size());
+  std::vector<std::vector<int64_t>> chosen(static_cast<size_t>(w_.ratio == 4 ? T : 0));
+  for (size_t s = 0; s < step.seqs.size(); ++s) {
+    DecodeEntries(step.seqs[s], pool, decoded[s]);
+    if (w_.ratio == 4) SelectTopK(step.seqs[s], p, decoded[s], chosen);
+  }
+  static const std::vector<int64_t> kNone;
   std::vector<float> o(static_cast<size_t>(T * H * hd));
   threads_.ParallelFor(static_cast<size_t>(T), [&](size_t t) {
-    AttendToken(step, static_cast<int64_t>(t), p, pool, o.data() + static_cast<int64_t>(t) * H * hd);
+    AttendToken(step, static_cast<int64_t>(t), p, decoded[static_cast<size_t>(step.seq_of_row[t])],
+                w_.ratio == 4 ? chosen[t] : kNone, pool, o.data() + static_cast<int64_t>(t) * H * hd);
   });
   WriteWindow(step, p);
 

@@ -43,13 +43,23 @@ class AttentionLayer {
 
  private:
   struct Projections;
+  // Compressed entries of one sequence decoded once per step (shared by its tokens): indexer keys
+  // for CSA layers, main entries for HCA layers.
+  struct DecodedEntries {
+    std::vector<float> index_keys;  // [visible, ic]
+    std::vector<float> main;        // [visible, c]
+  };
+  void DecodeEntries(const StepSequenceRef& s, const KvPool& pool, DecodedEntries& out);
   void Project(const StepLayout& step, const float* h, Projections& p);
   void RunCompressors(const StepLayout& step, Projections& p, KvPool& pool);
   void EmitEntry(const CompressorWeights& cw, const uint8_t* carry, int64_t carry_rows, int64_t group,
                  bool indexer, SequenceCache& cache, KvPool& pool);
-  void AttendToken(const StepLayout& step, int64_t row, const Projections& p, const KvPool& pool, float* o);
-  void SelectTopK(const float* q_index, const float* w_index, int64_t visible, const SequenceCache& cache,
-                  const KvPool& pool, std::vector<int64_t>* chosen) const;
+  void AttendToken(const StepLayout& step, int64_t row, const Projections& p, const DecodedEntries& decoded,
+                   const std::vector<int64_t>& chosen, const KvPool& pool, float* o);
+  // The lightning indexer for every token of one sequence: scores of all visible entries as one
+  // matrix product per tile of tokens (q_I · Kᵀ on the backend), then each token's top-k.
+  void SelectTopK(const StepSequenceRef& s, const Projections& p, const DecodedEntries& decoded,
+                  std::vector<std::vector<int64_t>>& chosen);
   void WriteWindow(const StepLayout& step, const Projections& p);
 
   const ModelConfig& c_;

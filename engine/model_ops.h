@@ -50,6 +50,12 @@ void ComputeHcMix(const float* mu, const float* base, const float* scale, int64_
 // ρ = 1/sqrt(mean(x̂²) + eps) of the flattened streams.
 float HcRho(const float* streams, int64_t n, double eps);
 
+// Σ a[i]·b[i] in FP32 with 16 partial sums (a fixed order: the same result for the same inputs
+// whatever the batch), vectorised for the CPU it runs on.
+float Dot(const float* a, const float* b, int64_t n);
+// y[i] += alpha · x[i]
+void Axpy(float alpha, const float* x, float* y, int64_t n);
+
 float Sigmoid(float x);
 float Silu(float x);
 // torch.nn.functional.softplus (threshold 20).

@@ -1,0 +1,254 @@
+#include "bench/engine_bench.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "bench/report.h"
+#include "common/status.h"
+#include "common/thread_pool.h"
+#include "engine/backend.h"
+#include "engine/checkpoint.h"
+#include "engine/experts.h"
+#include "engine/kv_cache.h"
+#include "engine/kv_codec.h"
+#include "engine/model.h"
+#include "engine/model_writer.h"
+#include "engine/numerics.h"
+
+namespace strata::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using engine::KvLayout;
+using engine::ModelConfig;
+
+double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
+
+// Bytes of weights one decode step of `batch` tokens reads (each used weight once), and the KV
+// bytes each sequence's step reads at `context` tokens.
+double WeightBytesPerStep(const ModelConfig& c, int64_t batch) {
+  auto fp8 = [](double rows, double cols) { return rows * cols + std::ceil(rows / 128) * std::ceil(cols / 128); };
+  auto bf16 = [](double rows, double cols) { return 2 * rows * cols; };
+  const double d = static_cast<double>(c.hidden_size), H = static_cast<double>(c.num_attention_heads);
+  const double hd = static_cast<double>(c.head_dim), ql = static_cast<double>(c.q_lora_rank);
+  const double G = static_cast<double>(c.o_groups), ol = static_cast<double>(c.o_lora_rank);
+  const double hc = static_cast<double>(c.hc_mult), E = static_cast<double>(c.n_routed_experts);
+  const double k = static_cast<double>(c.num_experts_per_tok), inter = static_cast<double>(c.moe_intermediate_size);
+  const double ih = static_cast<double>(c.index_n_heads), ic = static_cast<double>(c.index_head_dim);
+  const double expert = 3 * (inter * d / 2 + inter * d / 32);
+  const double touched = E * (1 - std::pow(1 - k / E, static_cast<double>(batch)));
+  double total = bf16(static_cast<double>(c.vocab_size), d);  // head
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const int64_t m = c.ratio(i);
+    double layer = fp8(ql, d) + fp8(H * hd, ql) + fp8(hd, d) + bf16(G * ol, H * hd / G) + fp8(d, G * ol);
+    layer += 2 * 4 * (2 + hc) * hc * hc * d;  // mHC projections (F32)
+    if (m > 0) layer += 2 * bf16((m == 4 ? 2 : 1) * hd, d);
+    if (m == 4) layer += fp8(ih * ic, ql) + bf16(ih, d) + 2 * bf16(2 * ic, d);
+    layer += bf16(E, d) + 3 * fp8(inter, d) + touched * expert;
+    total += layer;
+  }
+  return total;
+}
+
+double KvBytesPerSequence(const ModelConfig& c, const KvLayout& layout, int64_t context) {
+  double total = 0;
+  const double main = static_cast<double>(layout.main_entry_bytes());
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const int64_t m = c.ratio(i);
+    total += static_cast<double>(std::min(context, c.sliding_window)) * main;
+    if (m == 128) total += static_cast<double>(context / 128) * main;
+    if (m == 4) {
+      const double visible = static_cast<double>(context / 4);
+      total += visible * static_cast<double>(layout.indexer_entry_bytes()) +
+               std::min(visible, static_cast<double>(c.index_topk)) * main;
+    }
+  }
+  return total;
+}
+
+// Gives `cache` `context` tokens of valid, random KV (entries encoded exactly as the model
+// writes them) without running the prefill: decode cost depends on how much it reads, not on
+// what the values are.
+absl::Status FillSyntheticContext(const ModelConfig& c, const KvLayout& layout, engine::KvPool& pool,
+                                  engine::SequenceCache& cache, int64_t context, uint64_t seed) {
+  engine::MainEntryCodec main{c.nope_dim(), c.qk_rope_head_dim, layout.main_entry_bytes()};
+  engine::IndexerEntryCodec index{c.index_head_dim, layout.indexer_entry_bytes()};
+  std::vector<float> v(static_cast<size_t>(std::max(c.head_dim, c.index_head_dim)));
+  uint64_t s = seed;
+  auto fill = [&](int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      v[static_cast<size_t>(i)] = engine::RoundToBf16(static_cast<float>(static_cast<int64_t>(s >> 40) - (1 << 23)) /
+                                                      static_cast<float>(1 << 23));
+    }
+  };
+  for (int64_t b = 0; b < layout.BlocksFor(context); ++b) {
+    STRATA_ASSIGN_OR_RETURN(int32_t id, pool.Allocate());
+    cache.blocks.push_back(id);
+    uint8_t* block = pool.block(id);
+    for (const engine::LayerKvLayout& l : layout.layers()) {
+      for (int64_t e = 0; e < l.main_entries; ++e) {
+        fill(c.head_dim);
+        main.Encode(v.data(), block + l.main_offset + e * main.bytes);
+      }
+      for (int64_t e = 0; e < l.indexer_entries; ++e) {
+        fill(c.index_head_dim);
+        index.Encode(v.data(), block + l.indexer_offset + e * index.bytes);
+      }
+    }
+  }
+  for (const engine::LayerKvLayout& l : layout.layers()) {
+    for (int64_t e = 0; e < c.sliding_window; ++e) {
+      fill(c.head_dim);
+      main.Encode(v.data(), cache.state.data() + l.window_offset + e * main.bytes);
+    }
+  }
+  cache.position = context;
+  return absl::OkStatus();
+}
+
+struct Bench {
+  const EngineBenchOptions& options;
+  double bandwidth;
+  std::string results = "engine";
+};
+
+absl::StatusOr<std::string> EnsureModel(const EngineBenchOptions& o, const std::string& preset) {
+  const std::string dir = absl::StrCat(o.model_cache, "/", preset);
+  if (std::filesystem::exists(dir + "/config.json")) return dir;
+  std::fprintf(stderr, "making the %s bench model in %s (once)\n", preset.c_str(), dir.c_str());
+  STRATA_ASSIGN_OR_RETURN(ModelConfig config, engine::PresetConfig(preset));
+  STRATA_RETURN_IF_ERROR(engine::WriteRandomModel(config, {.out_dir = dir, .seed = 1, .tokenizer_dir = o.tokenizer_dir}));
+  return dir;
+}
+
+absl::Status BenchPreset(const Bench& bench, const std::string& preset) {
+  const EngineBenchOptions& o = bench.options;
+  STRATA_ASSIGN_OR_RETURN(std::string dir, EnsureModel(o, preset));
+  STRATA_ASSIGN_OR_RETURN(auto ckpt, engine::Checkpoint::Load(dir, {.threads = o.threads}));
+  STRATA_ASSIGN_OR_RETURN(auto weights, engine::ModelWeights::Create(*ckpt));
+  const ModelConfig& c = weights->config();
+  ThreadPool threads(static_cast<size_t>(std::max(o.threads, 0)));
+  auto backend = engine::MakeCpuBackend(o.threads);
+  engine::LocalExperts experts(*weights, *backend);
+  KvLayout layout(c);
+  std::vector<int64_t> contexts = o.contexts;
+  if (preset == "tiny" && o.long_context > 0) contexts.push_back(o.long_context);
+  int64_t max_blocks = 0;
+  for (int64_t b : o.batches) {
+    for (int64_t ctx : o.contexts) max_blocks = std::max(max_blocks, b * (layout.BlocksFor(ctx + o.steps) + 1));
+  }
+  max_blocks = std::max(max_blocks, layout.BlocksFor(o.long_context + o.steps) + 1);
+  max_blocks = std::max(max_blocks, layout.BlocksFor(o.prefill_tokens) + 1);
+  engine::KvPool pool(layout, max_blocks);
+  engine::Model model(*weights, *backend, experts, pool, threads);
+
+  // Decode: `batch` sequences at `context` tokens, `steps` steps of one token each.
+  for (int64_t context : contexts) {
+    for (int64_t batch : o.batches) {
+      if (context == o.long_context && batch != 1) continue;
+      std::vector<engine::SequenceCache> caches;
+      for (int64_t s = 0; s < batch; ++s) {
+        caches.push_back(model.NewSequence());
+        STRATA_RETURN_IF_ERROR(FillSyntheticContext(c, layout, pool, caches.back(), context, 7 + static_cast<uint64_t>(s)));
+      }
+      std::vector<int32_t> tokens(static_cast<size_t>(batch), 1000);
+      std::vector<float> logits;
+      auto step = [&] {
+        std::vector<engine::StepInput> inputs;
+        for (int64_t s = 0; s < batch; ++s) {
+          inputs.push_back({&caches[static_cast<size_t>(s)], absl::MakeConstSpan(&tokens[static_cast<size_t>(s)], 1), true});
+        }
+        logits.clear();
+        return model.Step(inputs, &logits);
+      };
+      STRATA_RETURN_IF_ERROR(step());  // warm-up
+      auto start = Clock::now();
+      for (int64_t i = 0; i < o.steps; ++i) STRATA_RETURN_IF_ERROR(step());
+      const double seconds = Seconds(start);
+      const double tok_s = static_cast<double>(batch * o.steps) / seconds;
+      const double bytes = WeightBytesPerStep(c, batch) + static_cast<double>(batch) * KvBytesPerSequence(c, layout, context);
+      const double roofline = static_cast<double>(batch) * bench.bandwidth / bytes;
+      std::printf("  decode %s batch %lld context %lld: %.1f MB read per step, roofline %.1f tok/s\n", preset.c_str(),
+                  static_cast<long long>(batch), static_cast<long long>(context), bytes / 1e6, roofline);
+      // The target: at least half the memory-bandwidth roofline.
+      Report({absl::StrCat("decode_", preset, "_b", batch, "_ctx", context), tok_s, "tok/s", 0.5 * roofline},
+             bench.results);
+      for (auto& cache : caches) model.Release(cache);
+    }
+  }
+
+  // Prefill: one sequence of prefill_tokens in chunks of 2048, from an empty cache.
+  {
+    std::vector<int32_t> prompt(static_cast<size_t>(o.prefill_tokens));
+    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(1000 + (i * 7919) % 100000);
+    engine::SequenceCache cache = model.NewSequence();
+    std::vector<float> logits;
+    auto start = Clock::now();
+    for (size_t at = 0; at < prompt.size(); at += 2048) {
+      const size_t n = std::min<size_t>(2048, prompt.size() - at);
+      STRATA_RETURN_IF_ERROR(model.Step({engine::StepInput{&cache, absl::MakeConstSpan(prompt).subspan(at, n),
+                                                           at + n == prompt.size()}},
+                                        &logits));
+    }
+    const double tok_s = static_cast<double>(prompt.size()) / Seconds(start);
+    // Roofline for prefill: weights read once per 2048-token chunk (compute bound in practice).
+    const double chunks = std::ceil(static_cast<double>(prompt.size()) / 2048);
+    const double roofline = static_cast<double>(prompt.size()) * bench.bandwidth / (chunks * WeightBytesPerStep(c, 2048));
+    // Prefill is compute-bound: the memory roofline is only an upper bound, shown for scale.
+    std::printf("  prefill %s %lld tokens: memory roofline %.0f tok/s (compute-bound; no target)\n", preset.c_str(),
+                static_cast<long long>(o.prefill_tokens), roofline);
+    Report({absl::StrCat("prefill_", preset, "_", o.prefill_tokens), tok_s, "tok/s", roofline}, bench.results);
+    model.Release(cache);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+double MeasureMemoryBandwidth(int threads) {
+  const size_t n = size_t{1} << 30;  // 1 GiB
+  std::vector<uint64_t> buffer(n / 8, 1);
+  ThreadPool pool(static_cast<size_t>(std::max(threads, 0)));
+  const size_t parts = pool.num_threads() * 4;
+  std::atomic<uint64_t> sink{0};
+  auto pass = [&] {
+    pool.ParallelFor(parts, [&](size_t p) {
+      const size_t begin = buffer.size() * p / parts, end = buffer.size() * (p + 1) / parts;
+      // Eight independent sums so the loop streams (vectorised) rather than waiting on one add.
+      uint64_t acc[8] = {};
+      size_t i = begin;
+      for (; i + 8 <= end; i += 8) {
+        for (int j = 0; j < 8; ++j) acc[j] += buffer[i + j];
+      }
+      for (; i < end; ++i) acc[0] += buffer[i];
+      uint64_t sum = 0;
+      for (uint64_t a : acc) sum += a;
+      sink += sum;
+    });
+  };
+  pass();
+  double best = 0;
+  for (int i = 0; i < 3; ++i) {
+    auto start = Clock::now();
+    pass();
+    best = std::max(best, static_cast<double>(buffer.size() * 8) / Seconds(start));
+  }
+  return best;
+}
+
+absl::Status RunEngineBench(const EngineBenchOptions& options) {
+  Bench bench{options, MeasureMemoryBandwidth(options.threads)};
+  std::printf("memory bandwidth (streaming read): %.1f GB/s\n", bench.bandwidth / 1e9);
+  for (const std::string& preset : options.presets) STRATA_RETURN_IF_ERROR(BenchPreset(bench, preset));
+  return absl::OkStatus();
+}
+
+}  // namespace strata::bench

@@ -1,0 +1,418 @@
+// CpuBackend::Linear throughput against what the machine can do.
+//
+//   linear_bench [--threads=N] [--isa=auto|generic|avx2|avx512|avx512bf16] [--benchmark_filter=...]
+//
+// Decode (n = 1, 8, 32 activation rows) is limited by memory bandwidth: every weight byte is read
+// once per call. The figure is GB/s of weight bytes (data + scales), held to half of this
+// machine's measured streaming-read bandwidth (all threads, a buffer far larger than the caches).
+// Every call reads a different copy of the weights (at least 8x the last-level cache in all), so
+// the bytes come from DRAM, as they do in a model far larger than the caches.
+// Prefill (n = 512) is limited by arithmetic: GFLOP/s (2·n·rows·cols per call), held to half of
+// the measured peak of the instructions the kernels use on the same threads (FP32 FMA, or
+// vdpbf16ps with the avx512bf16 kernels). Activations are BF16 values, as the model's are.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench/report.h"
+#include "benchmark/benchmark.h"
+#include "common/thread_pool.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/numerics.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace strata::bench {
+namespace {
+
+using engine::CpuBackend;
+using engine::CpuIsa;
+using engine::WeightFormat;
+using engine::WeightView;
+
+constexpr int64_t kCacheBytes = int64_t{32} << 20;  // this machine's L3; more is harmless
+
+int g_threads = 0;
+CpuIsa g_isa = CpuIsa::kAuto;
+
+CpuBackend& Backend() {
+  static CpuBackend* const backend = [] {
+    auto created = CpuBackend::Create({.threads = g_threads, .isa = g_isa});
+    if (!created.ok()) {
+      std::fprintf(stderr, "linear_bench: %s\n", std::string(created.status().message()).c_str());
+      std::exit(1);
+    }
+    return created->release();
+  }();
+  return *backend;
+}
+
+// ---- machine limits ------------------------------------------------------------------------
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+// Streaming read of 1 GiB split across the threads; best of 5 passes. GB/s (10^9 bytes).
+double MeasureReadBandwidth(int threads) {
+  const size_t bytes = size_t{1} << 30;
+  const size_t words = bytes / sizeof(uint64_t);
+  std::unique_ptr<uint64_t[]> buf(new uint64_t[words]);
+  ThreadPool pool(threads);
+  pool.ParallelFor(threads, [&](size_t t) {  // first touch by the reading threads
+    const size_t begin = words / threads * t,
+                 end = t + 1 == size_t(threads) ? words : begin + words / threads;
+    for (size_t i = begin; i < end; ++i) buf[i] = i;
+  });
+  std::atomic<uint64_t> sink{0};
+  double best = 0;
+  for (int pass = 0; pass < 5; ++pass) {
+    const auto start = std::chrono::steady_clock::now();
+    pool.ParallelFor(threads, [&](size_t t) {
+      const size_t begin = words / threads * t;
+      const size_t end = t + 1 == size_t(threads) ? words : begin + words / threads;
+      uint64_t s[8] = {};
+      for (size_t i = begin; i + 8 <= end; i += 8) {
+        for (int j = 0; j < 8; ++j) s[j] += buf[i + j];
+      }
+      sink += s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+    });
+    best = std::max(best, static_cast<double>(bytes) / Seconds(start) / 1e9);
+  }
+  benchmark::DoNotOptimize(sink.load());
+  return best;
+}
+
+constexpr int kChains = 24;
+
+#if defined(__x86_64__)
+// Enough independent chains (24) per thread to be throughput-bound: the arithmetic roof.
+__attribute__((target("avx512f,fma"))) double FmaLoop512(int64_t iters) {
+  __m512 acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(static_cast<float>(j));
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 24
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm512_fmadd_ps(acc[j], a, b);
+  }
+  float out[16];
+  __m512 s = acc[0];
+  for (int j = 1; j < kChains; ++j) s = _mm512_add_ps(s, acc[j]);
+  _mm512_storeu_ps(out, s);
+  return out[0];
+}
+
+__attribute__((target("avx512f,avx512bf16"))) double DpBf16Loop512(int64_t iters) {
+  __m512 acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(static_cast<float>(j));
+  const __m512bh a = reinterpret_cast<__m512bh>(_mm512_set1_epi16(0x3F80));
+  const __m512bh b = reinterpret_cast<__m512bh>(_mm512_set1_epi16(0x3380));
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 24
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], a, b);
+  }
+  float out[16];
+  __m512 s = acc[0];
+  for (int j = 1; j < kChains; ++j) s = _mm512_add_ps(s, acc[j]);
+  _mm512_storeu_ps(out, s);
+  return out[0];
+}
+
+__attribute__((target("avx2,fma"))) double FmaLoop256(int64_t iters) {
+  __m256 acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = _mm256_set1_ps(static_cast<float>(j));
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 24
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm256_fmadd_ps(acc[j], a, b);
+  }
+  float out[8];
+  __m256 s = acc[0];
+  for (int j = 1; j < kChains; ++j) s = _mm256_add_ps(s, acc[j]);
+  _mm256_storeu_ps(out, s);
+  return out[0];
+}
+#endif
+
+// FLOP/s (2 per multiply-add) of the backend's multiply-add instruction on `threads` threads:
+// FP32 FMA, or with bf16 = true vdpbf16ps (32 multiply-adds per instruction).
+double MeasurePeak(int threads, CpuIsa isa, bool bf16) {
+  int lanes = 1;  // portable kernels: count scalar multiply-adds
+  std::function<double(int64_t)> loop = [](int64_t iters) {
+    float acc[kChains] = {};
+    for (int64_t i = 0; i < iters; ++i) {
+      for (int j = 0; j < kChains; ++j) acc[j] = acc[j] * 0.999999f + 1e-7f;
+    }
+    return static_cast<double>(acc[0] + acc[kChains - 1]);
+  };
+#if defined(__x86_64__)
+  if (isa == CpuIsa::kAvx512Bf16 && bf16) {
+    lanes = 32;
+    loop = DpBf16Loop512;
+  } else if (isa == CpuIsa::kAvx512 || isa == CpuIsa::kAvx512Bf16) {
+    lanes = 16;
+    loop = FmaLoop512;
+  } else if (isa == CpuIsa::kAvx2) {
+    lanes = 8;
+    loop = FmaLoop256;
+  }
+#endif
+  const int64_t iters = int64_t{1} << 24;
+  ThreadPool pool(threads);
+  std::atomic<double> sink{0};
+  double best = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    const auto start = std::chrono::steady_clock::now();
+    pool.ParallelFor(threads, [&](size_t) { sink = sink + loop(iters); });
+    best = std::max(best,
+                    2.0 * kChains * lanes * static_cast<double>(iters) * threads / Seconds(start));
+  }
+  benchmark::DoNotOptimize(sink.load());
+  return best / 1e9;
+}
+
+// ---- weights -------------------------------------------------------------------------------
+
+// `copies` copies of one random weight matrix, each in its own allocation.
+struct WeightCopies {
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<std::vector<uint8_t>> scale;
+  std::vector<WeightView> views;
+  int64_t bytes_per_copy = 0;  // data + scales
+};
+
+WeightCopies MakeWeights(WeightFormat format, int64_t rows, int64_t cols, int copies) {
+  std::mt19937 rng(42);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<uint8_t> data, scale;
+  switch (format) {
+    case WeightFormat::kFp8Block:
+      data.resize(rows * cols);
+      for (uint8_t& b : data) b = engine::FloatToE4M3(normal(rng) * 64.0f);
+      scale.resize(((rows + 127) / 128) * ((cols + 127) / 128));
+      break;
+    case WeightFormat::kFp4Block:
+      data.resize(rows * cols / 2);
+      for (uint8_t& b : data) b = static_cast<uint8_t>(rng());
+      scale.resize(rows * (cols / 32));
+      break;
+    case WeightFormat::kBf16:
+      data.resize(rows * cols * 2);
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        const uint16_t h = engine::FloatToBf16(normal(rng) * 0.02f);
+        std::memcpy(&data[2 * i], &h, 2);
+      }
+      break;
+    case WeightFormat::kF32:
+      data.resize(rows * cols * 4);
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        const float f = normal(rng) * 0.02f;
+        std::memcpy(&data[4 * i], &f, 4);
+      }
+      break;
+  }
+  for (uint8_t& s : scale) s = static_cast<uint8_t>(118 + rng() % 4);
+  WeightCopies w;
+  w.bytes_per_copy = static_cast<int64_t>(data.size() + scale.size());
+  for (int c = 0; c < copies; ++c) {
+    w.data.push_back(data);
+    w.scale.push_back(scale);
+  }
+  for (int c = 0; c < copies; ++c) {
+    w.views.push_back(WeightView{format, w.data[c].data(),
+                                 scale.empty() ? nullptr : w.scale[c].data(), rows, cols});
+  }
+  return w;
+}
+
+std::string FormatName(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kBf16:
+      return "bf16";
+    case WeightFormat::kF32:
+      return "f32";
+    case WeightFormat::kFp8Block:
+      return "fp8";
+    case WeightFormat::kFp4Block:
+      return "fp4";
+  }
+  return "?";
+}
+
+struct Case {
+  std::string name;
+  WeightFormat format;
+  int64_t rows, cols, n;
+  bool prefill;
+};
+
+// Seconds per call of each case, as Google Benchmark measured it.
+std::map<std::string, double>& Timings() {
+  static auto* timings = new std::map<std::string, double>();
+  return *timings;
+}
+
+void RunCase(benchmark::State& state, const Case& c) {
+  // Enough copies that the ones cycled through exceed the caches 8x (decode); prefill reuses
+  // each weight n times from cache anyway, so one copy.
+  const int64_t one = c.format == WeightFormat::kFp4Block ? c.rows * c.cols / 2 : c.rows * c.cols;
+  const int copies =
+      c.prefill ? 1 : static_cast<int>(std::max<int64_t>(2, 8 * kCacheBytes / one + 1));
+  const WeightCopies w = MakeWeights(c.format, c.rows, c.cols, copies);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(c.n * c.cols), y(c.n * c.rows);
+  for (float& v : x) v = engine::RoundToBf16(normal(rng));
+  CpuBackend& backend = Backend();
+  backend.Linear(w.views[0], x.data(), c.n, y.data());  // warm-up: buffers grow once
+  size_t next = 0;
+  for (auto _ : state) {
+    backend.Linear(w.views[next], x.data(), c.n, y.data());
+    benchmark::DoNotOptimize(y.data());
+    next = (next + 1) % w.views.size();
+  }
+  const double calls = static_cast<double>(state.iterations());
+  state.counters["weight_GB/s"] = benchmark::Counter(
+      calls * static_cast<double>(w.bytes_per_copy) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      calls * 2.0 * static_cast<double>(c.n * c.rows * c.cols) / 1e9, benchmark::Counter::kIsRate);
+}
+
+std::vector<Case> Cases() {
+  std::vector<Case> cases;
+  struct Matrix {
+    WeightFormat format;
+    int64_t rows, cols;
+  };
+  const Matrix decode[] = {{WeightFormat::kFp8Block, 4096, 4096},
+                           {WeightFormat::kFp8Block, 7168, 1536},
+                           {WeightFormat::kFp4Block, 2048, 4096},
+                           {WeightFormat::kFp4Block, 4096, 2048},
+                           {WeightFormat::kBf16, 4096, 4096}};
+  for (const Matrix& m : decode) {
+    for (int64_t n : {1, 8, 32}) {
+      cases.push_back({"linear_" + FormatName(m.format) + "_" + std::to_string(m.rows) + "x" +
+                           std::to_string(m.cols) + "_n" + std::to_string(n),
+                       m.format, m.rows, m.cols, n, false});
+    }
+  }
+  const Matrix prefill[] = {{WeightFormat::kFp8Block, 4096, 4096},
+                            {WeightFormat::kFp4Block, 2048, 4096},
+                            {WeightFormat::kBf16, 4096, 4096}};
+  for (const Matrix& m : prefill) {
+    cases.push_back({"linear_" + FormatName(m.format) + "_" + std::to_string(m.rows) + "x" +
+                         std::to_string(m.cols) + "_n512",
+                     m.format, m.rows, m.cols, 512, true});
+  }
+  return cases;
+}
+
+class CapturingReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& run : runs) {
+      if (run.run_type != Run::RT_Iteration || run.error_occurred || run.iterations == 0) continue;
+      const std::string name = run.benchmark_name();  // "<case>/min_time:.../real_time"
+      Timings()[name.substr(0, name.find('/'))] =
+          run.real_accumulated_time / static_cast<double>(run.iterations);
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+};
+
+}  // namespace
+}  // namespace strata::bench
+
+int main(int argc, char** argv) {
+  using namespace strata::bench;  // NOLINT: one function
+  // Our flags, removed before Google Benchmark parses the rest.
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--threads=", 0) == 0) {
+      g_threads = std::atoi(arg.c_str() + 10);
+    } else if (arg.rfind("--isa=", 0) == 0) {
+      const std::string isa = arg.substr(6);
+      g_isa = isa == "generic"      ? CpuIsa::kGeneric
+              : isa == "avx2"       ? CpuIsa::kAvx2
+              : isa == "avx512"     ? CpuIsa::kAvx512
+              : isa == "avx512bf16" ? CpuIsa::kAvx512Bf16
+                                    : CpuIsa::kAuto;
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  argc = kept;
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+
+  CpuBackend& backend = Backend();
+  const int threads = backend.threads();
+  std::printf("linear_bench: %d threads, kernels %s\n", threads,
+              std::string(strata::engine::CpuIsaName(backend.isa())).c_str());
+  const bool bf16 = backend.isa() == CpuIsa::kAvx512Bf16;
+  // The machine is shared: measure before and after, and hold the kernels to the better figure.
+  double bandwidth = MeasureReadBandwidth(threads);
+  double fma_peak = MeasurePeak(threads, backend.isa(), false);
+  double bf16_peak = bf16 ? MeasurePeak(threads, backend.isa(), true) : 0;
+  std::printf("machine: streaming read %.1f GB/s, FP32 FMA peak %.0f GFLOP/s", bandwidth, fma_peak);
+  if (bf16) std::printf(", vdpbf16ps peak %.0f GFLOP/s", bf16_peak);
+  std::printf(" (%d threads)\n", threads);
+
+  const std::vector<Case> cases = Cases();
+  for (const Case& c : cases) {
+    benchmark::RegisterBenchmark(c.name.c_str(), [c](benchmark::State& s) { RunCase(s, c); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond)
+        ->MinTime(c.prefill ? 2.0 : 1.0);
+  }
+  CapturingReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+
+  bandwidth = std::max(bandwidth, MeasureReadBandwidth(threads));
+  fma_peak = std::max(fma_peak, MeasurePeak(threads, backend.isa(), false));
+  if (bf16) bf16_peak = std::max(bf16_peak, MeasurePeak(threads, backend.isa(), true));
+  const std::string suffix = "_" + std::to_string(threads) + "t";
+  // The references the figures are held to (their own limits: ratio 1).
+  Report({"memory_read_bandwidth" + suffix, bandwidth, "GB/s", bandwidth}, "linear");
+  Report({"fp32_fma_peak" + suffix, fma_peak, "GFLOP/s", fma_peak}, "linear");
+  if (bf16) Report({"bf16_dot_peak" + suffix, bf16_peak, "GFLOP/s", bf16_peak}, "linear");
+  bool ran = false;
+  for (const Case& c : cases) {
+    auto it = Timings().find(c.name);
+    if (it == Timings().end() || it->second <= 0) continue;
+    ran = true;
+    const double seconds = it->second;
+    if (c.prefill) {
+      const double gflops = 2.0 * static_cast<double>(c.n * c.rows * c.cols) / seconds / 1e9;
+      // With the avx512bf16 kernels every format here runs on vdpbf16ps (BF16 activations).
+      const double peak = bf16 ? bf16_peak : fma_peak;
+      Report({c.name + suffix, gflops, "GFLOP/s", 0.5 * peak}, "linear");
+      std::printf("    = %.0f%% of the measured peak\n", 100.0 * gflops / peak);
+    } else {
+      const double bytes = c.format == WeightFormat::kFp4Block
+                               ? c.rows * c.cols / 2.0 + c.rows * (c.cols / 32)
+                           : c.format == WeightFormat::kBf16
+                               ? 2.0 * c.rows * c.cols
+                               : c.rows * c.cols + ((c.rows + 127) / 128) * ((c.cols + 127) / 128);
+      const double gbps = bytes / seconds / 1e9;
+      Report({c.name + suffix, gbps, "GB/s", 0.5 * bandwidth}, "linear");
+      std::printf("    = %.0f%% of the measured read bandwidth\n", 100.0 * gbps / bandwidth);
+    }
+  }
+  return ran ? 0 : 1;
+}

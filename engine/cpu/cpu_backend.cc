@@ -1,0 +1,507 @@
+#include "engine/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/cpu/linear_kernels.h"
+
+namespace strata::engine {
+namespace {
+
+using cpu::Bf16KernelTable;
+using cpu::KernelFormat;
+using cpu::KernelWeights;
+using cpu::kFp4Group;
+using cpu::kPadFloats;
+using cpu::kQuantBlock;
+using cpu::LinearKernelTable;
+using cpu::RoundUp;
+
+// Blocking. Dot form (n < strip_min_n): the weights stream through once per call; each work
+// item is a group of weight rows, decoded dot_rows at a time (FP32 kernels: kDotChunk columns
+// into a panel that stays in L1 while every activation row passes over it; BF16 kernels: in
+// registers). Strip form: items are (block of kStripBlockRows activation rows, strip of
+// strip_rows weight rows); the strip's decoded [kStripChunk][strip_rows] panel stays in L1, the
+// block's packed activations in L2/L3, and each weight is decoded once per block.
+constexpr int64_t kDotChunk = 16384;
+constexpr int64_t kStripChunk = 256;
+constexpr int64_t kStripBlockRows = 256;
+// Below this many multiply-adds a call runs on the calling thread (waking workers costs more).
+constexpr int64_t kMinParallelWork = int64_t{1} << 18;
+
+const LinearKernelTable* KernelsFor(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kGeneric:
+      return &cpu::GenericLinearKernels();
+    case CpuIsa::kAvx2:
+      return cpu::Avx2LinearKernels();
+    case CpuIsa::kAvx512:
+    case CpuIsa::kAvx512Bf16:
+      return cpu::Avx512LinearKernels();
+    case CpuIsa::kAuto:
+      break;
+  }
+  return nullptr;
+}
+
+const Bf16KernelTable* Bf16KernelsFor(CpuIsa isa) {
+  return isa == CpuIsa::kAvx512Bf16 ? cpu::Avx512Bf16LinearKernels() : nullptr;
+}
+
+bool CpuHas(CpuIsa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  switch (isa) {
+    case CpuIsa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case CpuIsa::kAvx512:
+      return avx512;
+    case CpuIsa::kAvx512Bf16:
+      return avx512 && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bf16");
+    default:
+      return true;
+  }
+#else
+  return isa == CpuIsa::kGeneric || isa == CpuIsa::kAuto;
+#endif
+}
+
+// A 64-byte aligned buffer that only grows: the hot path reuses it without allocating.
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { std::free(data_); }
+
+  template <typename T>
+  T* Reserve(int64_t count) {
+    const int64_t bytes =
+        RoundUp(std::max<int64_t>(count, 16) * static_cast<int64_t>(sizeof(T)), 64);
+    if (bytes > capacity_) {
+      std::free(data_);
+      data_ = std::aligned_alloc(64, static_cast<size_t>(bytes));
+      if (data_ == nullptr) throw std::bad_alloc();
+      capacity_ = bytes;
+    }
+    return static_cast<T*>(data_);
+  }
+
+  template <typename T>
+  T* Get() const {
+    return static_cast<T*>(data_);
+  }
+
+ private:
+  void* data_ = nullptr;
+  int64_t capacity_ = 0;
+};
+
+[[noreturn]] void Die(const std::string& message) {
+  std::fprintf(stderr, "CpuBackend::Linear: %s\n", message.c_str());
+  std::abort();
+}
+
+// Asks for rows [r, r + nrows) × cols [k0, k0 + kc) of w to be brought into L2 ahead of use: the
+// dot form reads a few short interleaved row streams at a time, which the hardware prefetchers
+// follow too late to keep memory busy.
+void PrefetchBlock(const KernelWeights& w, int64_t r, int64_t nrows, int64_t k0, int64_t kc) {
+  const int64_t bits = w.format == KernelFormat::kF32        ? 32
+                       : w.format == KernelFormat::kBf16     ? 16
+                       : w.format == KernelFormat::kFp8Block ? 8
+                                                             : 4;
+  const char* base = static_cast<const char*>(w.data);
+  for (int64_t i = r; i < std::min(w.rows, r + nrows); ++i) {
+    const char* p = base + (i * w.cols + k0) * bits / 8;
+    for (int64_t b = 0; b < kc * bits / 8; b += 64) __builtin_prefetch(p + b, 0, 2);
+  }
+}
+
+KernelWeights ToKernel(const WeightView& w) {
+  return KernelWeights{static_cast<KernelFormat>(w.format), w.data, w.scale, w.rows, w.cols};
+}
+
+int64_t ScaleCount(const KernelWeights& w) {
+  return w.format == KernelFormat::kFp8Block ? ((w.rows + kQuantBlock - 1) / kQuantBlock) *
+                                                   ((w.cols + kQuantBlock - 1) / kQuantBlock)
+                                             : w.rows * (w.cols / kFp4Group);
+}
+
+bool ScalesSuitBf16(const KernelWeights& w) {
+  const int64_t count = ScaleCount(w);
+  for (int64_t i = 0; i < count; ++i) {
+    if (w.scale[i] < cpu::kBf16MinScale || w.scale[i] > cpu::kBf16MaxScale) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+struct CpuBackend::Scratch {
+  AlignedBuffer panel;  // decoded weight rows (FP32)
+  AlignedBuffer strip;  // the panel transposed, for the strip form
+  AlignedBuffer xb;     // BF16 activations scaled for one 128-row block (FP8 dot form)
+};
+
+struct CpuBackend::Buffers {
+  AlignedBuffer xq;     // activations [n][ldx], quantized (FP8/FP4) or copied
+  AlignedBuffer xpack;  // strip form: tiles of strip_xrows activation rows
+  AlignedBuffer xb;     // BF16 activations (FP4 dot form)
+  std::vector<int8_t> exps;
+};
+
+absl::string_view CpuIsaName(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kAuto:
+      return "auto";
+    case CpuIsa::kGeneric:
+      return "generic";
+    case CpuIsa::kAvx2:
+      return "avx2";
+    case CpuIsa::kAvx512:
+      return "avx512";
+    case CpuIsa::kAvx512Bf16:
+      return "avx512bf16";
+  }
+  return "unknown";
+}
+
+bool CpuIsaSupported(CpuIsa isa) {
+  if (isa == CpuIsa::kAuto) return true;
+  if (KernelsFor(isa) == nullptr || !CpuHas(isa)) return false;
+  return isa != CpuIsa::kAvx512Bf16 || Bf16KernelsFor(isa) != nullptr;
+}
+
+CpuIsa BestCpuIsa() {
+  for (CpuIsa isa : {CpuIsa::kAvx512Bf16, CpuIsa::kAvx512, CpuIsa::kAvx2}) {
+    if (CpuIsaSupported(isa)) return isa;
+  }
+  return CpuIsa::kGeneric;
+}
+
+absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const CpuBackendOptions& options) {
+  const CpuIsa isa = options.isa == CpuIsa::kAuto ? BestCpuIsa() : options.isa;
+  if (!CpuIsaSupported(isa)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CPU backend: instruction set ", CpuIsaName(isa),
+        " is not supported by this CPU or build (best here: ", CpuIsaName(BestCpuIsa()), ")"));
+  }
+  if (options.threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CPU backend: threads must be >= 0, got ", options.threads));
+  }
+  int threads = options.threads;
+  if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::unique_ptr<CpuBackend>(
+      new CpuBackend(isa, KernelsFor(isa), Bf16KernelsFor(isa), threads));
+}
+
+CpuBackend::CpuBackend(CpuIsa isa, const LinearKernelTable* kernels,
+                       const Bf16KernelTable* bf16_kernels, int threads)
+    : isa_(isa),
+      kernels_(kernels),
+      bf16_kernels_(bf16_kernels),
+      threads_(threads),
+      buffers_(std::make_unique<Buffers>()) {
+  if (threads_ > 1) pool_ = std::make_unique<ThreadPool>(threads_ - 1);
+  for (int i = 0; i < threads_; ++i) scratch_.push_back(std::make_unique<Scratch>());
+}
+
+CpuBackend::~CpuBackend() = default;
+
+template <typename Fn>
+void CpuBackend::ForEachItem(int64_t items, int64_t work_per_item, const Fn& fn) {
+  const int64_t slots = std::min<int64_t>(threads_, items);
+  if (slots <= 1 || pool_ == nullptr || items * work_per_item < kMinParallelWork) {
+    for (int64_t item = 0; item < items; ++item) fn(0, item);
+    return;
+  }
+  // One pointer captured: the std::function ParallelFor takes needs no allocation.
+  struct Shared {
+    const Fn& fn;
+    int64_t items;
+    std::atomic<int64_t> next{0};
+  } shared{fn, items};
+  pool_->ParallelFor(static_cast<size_t>(slots), [s = &shared](size_t slot) {
+    for (int64_t item = s->next.fetch_add(1); item < s->items; item = s->next.fetch_add(1)) {
+      s->fn(static_cast<int>(slot), item);
+    }
+  });
+}
+
+void CpuBackend::Linear(const WeightView& w, const float* x, int64_t n, float* y) {
+  const int64_t rows = w.rows, cols = w.cols;
+  if (n <= 0 || rows <= 0) return;
+  if (w.format == WeightFormat::kFp4Block && cols % kFp4Group != 0) {
+    Die(absl::StrCat("FP4 weight [", rows, ", ", cols, "]: cols must be a multiple of 32"));
+  }
+  std::fill(y, y + n * rows, 0.0f);
+  if (cols <= 0) return;
+  // +kPadFloats: rows 4 KiB apart would map to the same L1 sets.
+  const int64_t ldx = RoundUp(cols, kPadFloats) + kPadFloats;
+  const bool x_is_bf16 = PrepareActivations(w, x, n, ldx);
+  const KernelWeights kw = ToKernel(w);
+  const bool low_precision =
+      w.format == WeightFormat::kFp8Block || w.format == WeightFormat::kFp4Block;
+  // BF16 products: FP8/FP4 always (the strip form when the scales suit, the dot form checks per
+  // block), BF16 weights when the activations are BF16 values (as the model's are).
+  const bool bf16_products =
+      bf16_kernels_ != nullptr && (low_precision || (w.format == WeightFormat::kBf16 && x_is_bf16));
+  if (bf16_products && n < bf16_kernels_->strip_min_n) {
+    LinearDotBf16(kw, n, ldx, y);
+  } else if (bf16_products && (!low_precision || ScalesSuitBf16(kw))) {
+    LinearStripBf16(kw, n, ldx, y);
+  } else if (n < kernels_->strip_min_n) {
+    LinearDot(kw, n, ldx, y);
+  } else {
+    LinearStrip(kw, n, ldx, y);
+  }
+}
+
+bool CpuBackend::PrepareActivations(const WeightView& w, const float* x, int64_t n, int64_t ldx) {
+  const int64_t cols = w.cols;
+  float* xq = buffers_->xq.Reserve<float>(n * ldx);
+  const bool quantize = w.format == WeightFormat::kFp8Block || w.format == WeightFormat::kFp4Block;
+  const int64_t blocks = (cols + kQuantBlock - 1) / kQuantBlock;
+  if (quantize) buffers_->exps.resize(static_cast<size_t>(n * blocks));
+  int8_t* exps = buffers_->exps.data();
+  const LinearKernelTable* kernels = kernels_;
+  std::atomic<bool> all_bf16{true};
+  ForEachItem(n, cols * 8, [&](int, int64_t i) {
+    float* row = xq + i * ldx;
+    if (quantize) {
+      kernels->quantize_row(x + i * cols, cols, row, nullptr, exps + i * blocks);
+    } else {
+      std::memcpy(row, x + i * cols, static_cast<size_t>(cols) * sizeof(float));
+      std::fill(row + cols, row + RoundUp(cols, kPadFloats), 0.0f);
+      uint32_t low = 0;  // the bits a BF16 value has zero
+      for (int64_t k = 0; k < cols; ++k) {
+        uint32_t u;
+        std::memcpy(&u, row + k, sizeof(u));
+        low |= u;
+      }
+      if ((low & 0xFFFFu) != 0) all_bf16.store(false, std::memory_order_relaxed);
+    }
+  });
+  return quantize || all_bf16.load();
+}
+
+// ---- FP32 kernels --------------------------------------------------------------------------
+
+void CpuBackend::DotRows(int slot, const KernelWeights& w, int64_t r_begin, int64_t r_end,
+                         int64_t n, int64_t ldx, float* y) {
+  const LinearKernelTable& k = *kernels_;
+  const int64_t rows = w.rows, cols = w.cols;
+  const int64_t chunk = std::min(RoundUp(cols, kQuantBlock), kDotChunk);
+  const int64_t ldp = RoundUp(chunk, kPadFloats) + kPadFloats;
+  float* panel = scratch_[slot]->panel.Reserve<float>(k.dot_rows * ldp);
+  const float* xq = buffers_->xq.Get<float>();
+  for (int64_t r = r_begin; r < r_end; r += k.dot_rows) {
+    const int mr = static_cast<int>(std::min<int64_t>(k.dot_rows, r_end - r));
+    for (int64_t k0 = 0; k0 < cols; k0 += chunk) {
+      const int64_t kc = std::min(chunk, cols - k0);
+      if (k0 + chunk < cols) {  // what the next decode reads
+        PrefetchBlock(w, r, mr, k0 + chunk, std::min(chunk, cols - k0 - chunk));
+      } else {
+        PrefetchBlock(w, r + mr, std::min<int64_t>(k.dot_rows, r_end - r - mr), 0,
+                      std::min(chunk, cols));
+      }
+      k.decode(w, r, mr, k0, kc, panel, ldp);
+      const int64_t kc_padded = RoundUp(kc, kPadFloats);
+      for (int64_t i = 0; i < n; i += k.dot_xrows) {
+        const int nx = static_cast<int>(std::min<int64_t>(k.dot_xrows, n - i));
+        k.dot(panel, ldp, mr, xq + i * ldx + k0, ldx, nx, kc_padded, y + i * rows + r, rows);
+      }
+    }
+  }
+}
+
+void CpuBackend::LinearDot(const KernelWeights& w, int64_t n, int64_t ldx, float* y) {
+  const int64_t group = kernels_->dot_rows * 4;
+  const int64_t items = (w.rows + group - 1) / group;
+  ForEachItem(items, group * w.cols * n, [&](int slot, int64_t item) {
+    DotRows(slot, w, item * group, std::min(w.rows, (item + 1) * group), n, ldx, y);
+  });
+}
+
+void CpuBackend::LinearStrip(const KernelWeights& w, int64_t n, int64_t ldx, float* y) {
+  const int64_t rows = w.rows, cols = w.cols;
+  const LinearKernelTable& k = *kernels_;
+  const int64_t nr = k.strip_xrows, sr = k.strip_rows;
+  const int64_t cols_padded = RoundUp(cols, kPadFloats);
+
+  // Pack the activations into tiles [k][nr] (rows past n are zero).
+  const int64_t tiles = (n + nr - 1) / nr;
+  float* xpack = buffers_->xpack.Reserve<float>(tiles * cols_padded * nr);
+  const float* xq = buffers_->xq.Get<float>();
+  ForEachItem(tiles, cols_padded * nr, [&](int, int64_t t) {
+    float* out = xpack + t * cols_padded * nr;
+    for (int64_t j = 0; j < nr; ++j) {
+      const int64_t i = t * nr + j;
+      if (i < n) {
+        for (int64_t c = 0; c < cols_padded; ++c) out[c * nr + j] = xq[i * ldx + c];
+      } else {
+        for (int64_t c = 0; c < cols_padded; ++c) out[c * nr + j] = 0.0f;
+      }
+    }
+  });
+
+  const int64_t chunk = std::min(RoundUp(cols, kQuantBlock), kStripChunk);
+  const int64_t ldp = RoundUp(chunk, kPadFloats) + kPadFloats;
+  const int64_t strips = (rows + sr - 1) / sr;
+  const int64_t tiles_per_block = (kStripBlockRows + nr - 1) / nr;
+  const int64_t blocks = (tiles + tiles_per_block - 1) / tiles_per_block;
+  ForEachItem(blocks * strips, sr * cols * tiles_per_block * nr, [&](int slot, int64_t item) {
+    const int64_t block = item / strips, s = item % strips;
+    const int64_t r0 = s * sr;
+    const int valid_rows = static_cast<int>(std::min(sr, rows - r0));
+    float* panel = scratch_[slot]->panel.Reserve<float>(sr * ldp);
+    float* strip = scratch_[slot]->strip.Reserve<float>(RoundUp(chunk, kPadFloats) * sr);
+    if (valid_rows < sr) std::fill(panel + valid_rows * ldp, panel + sr * ldp, 0.0f);
+    const int64_t t_end = std::min(tiles, (block + 1) * tiles_per_block);
+    for (int64_t k0 = 0; k0 < cols; k0 += chunk) {
+      const int64_t kc = std::min(chunk, cols - k0);
+      const int64_t kc_padded = RoundUp(kc, kPadFloats);
+      k.decode(w, r0, valid_rows, k0, kc, panel, ldp);
+      k.pack_strip(panel, ldp, kc_padded, strip);
+      for (int64_t t = block * tiles_per_block; t < t_end; ++t) {
+        const int nx = static_cast<int>(std::min(nr, n - t * nr));
+        k.strip(strip, xpack + t * cols_padded * nr + k0 * nr, kc_padded, nx, valid_rows,
+                y + t * nr * rows + r0, rows);
+      }
+    }
+  });
+}
+
+// ---- BF16-product kernels (FP8 / FP4 weights) ------------------------------------------------
+
+void CpuBackend::LinearDotBf16(const KernelWeights& w, int64_t n, int64_t ldx, float* y) {
+  const Bf16KernelTable& b = *bf16_kernels_;
+  const int64_t rows = w.rows, cols = w.cols;
+  const int64_t ldxb = RoundUp(cols, 64) + 32;
+  // Register tiles: mr weight rows × nx activation rows, mr·nx <= 16.
+  const int64_t nx_max = n <= 4 ? 4 : 8, mr_max = n <= 4 ? 4 : 2;
+  const float* xq = buffers_->xq.Get<float>();
+  const uint8_t* data = static_cast<const uint8_t*>(w.data);
+
+  if (w.format == KernelFormat::kFp8Block) {
+    // Items are 128-row blocks (one activation scaling each), or quarters of them when there are
+    // too few blocks to keep every thread busy.
+    const int64_t row_blocks = (rows + kQuantBlock - 1) / kQuantBlock;
+    const int64_t split = row_blocks >= 4 * threads_ ? 1 : 4;
+    const int64_t item_rows = kQuantBlock / split;
+    const int64_t scale_cols = (cols + kQuantBlock - 1) / kQuantBlock;
+    ForEachItem(row_blocks * split, item_rows * cols * n, [&](int slot, int64_t item) {
+      const int64_t r_begin = item * item_rows;
+      const int64_t r_end = std::min(rows, r_begin + item_rows);
+      if (r_begin >= r_end) return;
+      uint16_t* xb = scratch_[slot]->xb.Reserve<uint16_t>(n * ldxb);
+      if (!b.prepare_fp8(xq, ldx, n, cols, w.scale + (r_begin / kQuantBlock) * scale_cols, xb,
+                         ldxb)) {
+        DotRows(slot, w, r_begin, r_end, n, ldx, y);
+        return;
+      }
+      for (int64_t r = r_begin; r < r_end; r += mr_max) {
+        const int mr = static_cast<int>(std::min(mr_max, r_end - r));
+        for (int64_t i = 0; i < n; i += nx_max) {
+          const int nx = static_cast<int>(std::min(nx_max, n - i));
+          b.dot_fp8(data + r * cols, cols, mr, xb + i * ldxb, ldxb, nx, y + i * rows + r, rows);
+        }
+      }
+    });
+    return;
+  }
+
+  uint16_t* xb = buffers_->xb.Reserve<uint16_t>(n * ldxb);
+  const int64_t group = 16;
+  if (w.format == KernelFormat::kBf16) {
+    b.prepare_plain(xq, ldx, n, cols, xb, ldxb);
+    const uint16_t* weights = static_cast<const uint16_t*>(w.data);
+    ForEachItem((rows + group - 1) / group, group * cols * n, [&](int, int64_t item) {
+      const int64_t r_end = std::min(rows, (item + 1) * group);
+      for (int64_t r = item * group; r < r_end; r += mr_max) {
+        const int mr = static_cast<int>(std::min(mr_max, r_end - r));
+        for (int64_t i = 0; i < n; i += nx_max) {
+          const int nx = static_cast<int>(std::min(nx_max, n - i));
+          b.dot_bf16(weights + r * cols, cols, mr, xb + i * ldxb, ldxb, nx, y + i * rows + r, rows);
+        }
+      }
+    });
+    return;
+  }
+  b.prepare_fp4(xq, ldx, n, cols, xb, ldxb);
+  const int64_t lds = cols / kFp4Group;
+  ForEachItem((rows + group - 1) / group, group * cols * n, [&](int slot, int64_t item) {
+    const int64_t r_end = std::min(rows, (item + 1) * group);
+    for (int64_t r = item * group; r < r_end; r += mr_max) {
+      const int mr = static_cast<int>(std::min(mr_max, r_end - r));
+      for (int64_t i = 0; i < n; i += nx_max) {
+        const int nx = static_cast<int>(std::min(nx_max, n - i));
+        if (!b.dot_fp4(data + r * (cols / 2), w.scale + r * lds, cols, mr, xb + i * ldxb, ldxb, nx,
+                       y + i * rows + r, rows)) {
+          DotRows(slot, w, r, r + mr, n, ldx, y);  // nothing was added for this tile yet
+          break;
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::LinearStripBf16(const KernelWeights& w, int64_t n, int64_t ldx, float* y) {
+  const int64_t rows = w.rows, cols = w.cols;
+  const Bf16KernelTable& b = *bf16_kernels_;
+  const int64_t nr = b.strip_xrows, sr = b.strip_rows;
+  const int64_t pairs = RoundUp(cols, kPadFloats) / 2;
+
+  const int64_t tiles = (n + nr - 1) / nr;
+  uint32_t* xpack = buffers_->xpack.Reserve<uint32_t>(tiles * pairs * nr);
+  const float* xq = buffers_->xq.Get<float>();
+  ForEachItem(tiles, pairs * nr * 8, [&](int, int64_t t) {
+    const int nx = static_cast<int>(std::min(nr, n - t * nr));
+    b.pack_x(xq + t * nr * ldx, ldx, nx, cols, xpack + t * pairs * nr);
+  });
+
+  const int64_t chunk = std::min(RoundUp(cols, kQuantBlock), kStripChunk);
+  const int64_t ldp = RoundUp(chunk, kPadFloats) + kPadFloats;
+  const int64_t strips = (rows + sr - 1) / sr;
+  const int64_t tiles_per_block = (kStripBlockRows + nr - 1) / nr;
+  const int64_t blocks = (tiles + tiles_per_block - 1) / tiles_per_block;
+  ForEachItem(blocks * strips, sr * cols * tiles_per_block * nr, [&](int slot, int64_t item) {
+    const int64_t block = item / strips, s = item % strips;
+    const int64_t r0 = s * sr;
+    const int valid_rows = static_cast<int>(std::min(sr, rows - r0));
+    float* panel = scratch_[slot]->panel.Reserve<float>(sr * ldp);
+    uint32_t* strip = scratch_[slot]->strip.Reserve<uint32_t>(RoundUp(chunk, kPadFloats) / 2 * sr);
+    if (valid_rows < sr) std::fill(panel + valid_rows * ldp, panel + sr * ldp, 0.0f);
+    const int64_t t_end = std::min(tiles, (block + 1) * tiles_per_block);
+    for (int64_t k0 = 0; k0 < cols; k0 += chunk) {
+      const int64_t kc = std::min(chunk, cols - k0);
+      const int64_t kc_padded = RoundUp(kc, kPadFloats);
+      kernels_->decode(w, r0, valid_rows, k0, kc, panel, ldp);
+      b.pack_strip(panel, ldp, kc_padded, strip);
+      for (int64_t t = block * tiles_per_block; t < t_end; ++t) {
+        const int nx = static_cast<int>(std::min(nr, n - t * nr));
+        b.strip(strip, xpack + t * pairs * nr + (k0 / 2) * nr, kc_padded / 2, nx, valid_rows,
+                y + t * nr * rows + r0, rows);
+      }
+    }
+  });
+}
+
+std::unique_ptr<Backend> MakeCpuBackend(int threads) {
+  auto backend = CpuBackend::Create({.threads = std::max(threads, 0)});
+  if (!backend.ok()) Die(std::string(backend.status().message()));
+  return std::move(*backend);
+}
+
+}  // namespace strata::engine
