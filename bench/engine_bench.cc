@@ -140,12 +140,14 @@ absl::Status BenchPreset(const Bench& bench, const std::string& preset) {
   engine::LocalExperts experts(*weights, *backend);
   KvLayout layout(c);
   std::vector<int64_t> contexts = o.contexts;
-  if (preset == "tiny" && o.long_context > 0) contexts.push_back(o.long_context);
+  // "At 1M context": as deep as the model's positions allow with room for the timed steps.
+  const int64_t long_context = std::min(o.long_context, c.max_position_embeddings - o.steps - 2);
+  if (preset == "tiny" && o.long_context > 0) contexts.push_back(long_context);
   int64_t max_blocks = 0;
   for (int64_t b : o.batches) {
     for (int64_t ctx : o.contexts) max_blocks = std::max(max_blocks, b * (layout.BlocksFor(ctx + o.steps) + 1));
   }
-  max_blocks = std::max(max_blocks, layout.BlocksFor(o.long_context + o.steps) + 1);
+  max_blocks = std::max(max_blocks, layout.BlocksFor(long_context + o.steps) + 1);
   max_blocks = std::max(max_blocks, layout.BlocksFor(o.prefill_tokens) + 1);
   engine::KvPool pool(layout, max_blocks);
   engine::Model model(*weights, *backend, experts, pool, threads);
@@ -153,7 +155,7 @@ absl::Status BenchPreset(const Bench& bench, const std::string& preset) {
   // Decode: `batch` sequences at `context` tokens, `steps` steps of one token each.
   for (int64_t context : contexts) {
     for (int64_t batch : o.batches) {
-      if (context == o.long_context && batch != 1) continue;
+      if (context == long_context && batch != 1) continue;
       std::vector<engine::SequenceCache> caches;
       for (int64_t s = 0; s < batch; ++s) {
         caches.push_back(model.NewSequence());

@@ -71,11 +71,32 @@ void IndexerEntryCodec::Encode(float* v, uint8_t* out) const {
   std::memset(out + used, 0, static_cast<size_t>(bytes - used));
 }
 
+namespace {
+
+// Both values of a packed E2M1 byte (low nibble first): decoding is two table reads per byte.
+struct E2M1PairTable {
+  float pairs[256][2];
+  E2M1PairTable() {
+    for (int b = 0; b < 256; ++b) {
+      pairs[b][0] = E2M1ToFloat(static_cast<uint8_t>(b & 0xF));
+      pairs[b][1] = E2M1ToFloat(static_cast<uint8_t>(b >> 4));
+    }
+  }
+};
+const E2M1PairTable kE2M1Pairs;
+
+}  // namespace
+
 void IndexerEntryCodec::Decode(const uint8_t* in, float* v) const {
   const uint8_t* scales = in + dim / 2;
   for (int64_t b = 0; b < dim / 32; ++b) {
     const float s = Ue8m0ToFloat(scales[b]);
-    for (int64_t i = 0; i < 32; ++i) v[b * 32 + i] = PackedE2M1At(in, b * 32 + i) * s;
+    const uint8_t* bytes = in + b * 16;
+    float* out = v + b * 32;
+    for (int64_t i = 0; i < 16; ++i) {
+      out[2 * i] = kE2M1Pairs.pairs[bytes[i]][0] * s;
+      out[2 * i + 1] = kE2M1Pairs.pairs[bytes[i]][1] * s;
+    }
   }
 }
 

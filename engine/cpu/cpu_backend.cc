@@ -24,13 +24,15 @@ using cpu::kQuantBlock;
 using cpu::LinearKernelTable;
 using cpu::RoundUp;
 
-// Blocking. Dot form (n < strip_min_n): the weights stream through once per call; each work
-// item is a group of weight rows, decoded dot_rows at a time (FP32 kernels: kDotChunk columns
-// into a panel that stays in L1 while every activation row passes over it; BF16 kernels: in
-// registers). Strip form: items are (block of kStripBlockRows activation rows, strip of
-// strip_rows weight rows); the strip's decoded [kStripChunk][strip_rows] panel stays in L1, the
-// block's packed activations in L2/L3, and each weight is decoded once per block.
-constexpr int64_t kDotChunk = 16384;
+// Blocking. Dot form (n < strip_min_n of the kernels): the weights stream through once per call;
+// each work item is a group of weight rows, decoded a register tile of rows at a time (FP32
+// kernels: kDotChunk columns into a panel that stays in L1 while every activation row passes
+// over it; BF16 kernels: in registers, again for every 8 activation rows). Strip form: items are
+// (block of kStripBlockRows activation rows, strip of strip_rows weight rows); the strip's
+// decoded [kStripChunk][strip_rows] panel stays in L1, the block's packed activations in L2/L3,
+// and each weight is decoded once per block. Which form is faster where was measured
+// (bench/micro/linear_bench.cc); both give the same numbers up to summation order.
+constexpr int64_t kDotChunk = 1024;
 constexpr int64_t kStripChunk = 256;
 constexpr int64_t kStripBlockRows = 256;
 // Below this many multiply-adds a call runs on the calling thread (waking workers costs more).
@@ -202,8 +204,10 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const CpuBackendO
   }
   int threads = options.threads;
   if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::unique_ptr<CpuBackend>(
+  std::unique_ptr<CpuBackend> backend(
       new CpuBackend(isa, KernelsFor(isa), Bf16KernelsFor(isa), threads));
+  backend->batch_invariant_ = options.batch_invariant;
+  return backend;
 }
 
 CpuBackend::CpuBackend(CpuIsa isa, const LinearKernelTable* kernels,
@@ -257,11 +261,11 @@ void CpuBackend::Linear(const WeightView& w, const float* x, int64_t n, float* y
   // block), BF16 weights when the activations are BF16 values (as the model's are).
   const bool bf16_products =
       bf16_kernels_ != nullptr && (low_precision || (w.format == WeightFormat::kBf16 && x_is_bf16));
-  if (bf16_products && n < bf16_kernels_->strip_min_n) {
+  if (bf16_products && (batch_invariant_ || n < bf16_kernels_->strip_min_n)) {
     LinearDotBf16(kw, n, ldx, y);
   } else if (bf16_products && (!low_precision || ScalesSuitBf16(kw))) {
     LinearStripBf16(kw, n, ldx, y);
-  } else if (n < kernels_->strip_min_n) {
+  } else if (batch_invariant_ || n < kernels_->strip_min_n) {
     LinearDot(kw, n, ldx, y);
   } else {
     LinearStrip(kw, n, ldx, y);

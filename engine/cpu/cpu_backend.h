@@ -43,6 +43,11 @@ CpuIsa BestCpuIsa();
 struct CpuBackendOptions {
   int threads = 0;             // 0: one per hardware thread
   CpuIsa isa = CpuIsa::kAuto;  // kAuto: BestCpuIsa()
+  // Every row of a linear gets the same summation order whatever the number of rows (the dot
+  // form only), so a prompt prefilled whole, in chunks or token by token gives bit-identical KV
+  // bytes and logits. Off: the strip form for many rows (faster prefill, results that differ
+  // from decode-sized calls in the last bits).
+  bool batch_invariant = true;
 };
 
 class CpuBackend final : public Backend {
@@ -86,6 +91,7 @@ class CpuBackend final : public Backend {
   const cpu::LinearKernelTable* const kernels_;
   const cpu::Bf16KernelTable* const bf16_kernels_;  // null unless isa_ == kAvx512Bf16
   const int threads_;
+  bool batch_invariant_ = true;
   std::unique_ptr<ThreadPool> pool_;  // threads_ - 1 workers (the caller is the last one)
   std::vector<std::unique_ptr<Scratch>> scratch_;
   std::unique_ptr<Buffers> buffers_;

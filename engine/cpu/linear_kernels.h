@@ -1,7 +1,8 @@
 // Private to engine/cpu: the inner loops of CpuBackend::Linear, one table per instruction set.
 // CpuBackend (cpu_backend.cc) blocks the work, owns the buffers and threads, and calls these.
 //
-// The per-ISA files (linear_avx2.cc, linear_avx512.cc) are compiled with their own -m flags.
+// The per-ISA files (linear_avx2.cc, linear_avx512.cc, linear_avx512_bf16.cc) are compiled with
+// their own -m flags and used only on CPUs that have them (CpuBackend checks at run time).
 // Any inline function or template they instantiate with external linkage could be merged by the
 // linker with a baseline copy and then run on a CPU without those instructions, so they include
 // only this header (plain declarations), <immintrin.h> and <cstdint>/<cstring>, keep all their
@@ -77,7 +78,8 @@ struct LinearKernelTable {
 // 128-entry byte tables (vpermt2b), E2M1 nibbles through a 32-entry word table already scaled
 // (vpermw). These hold for scales that keep every product a normal FP32 number (the instruction
 // flushes subnormals); the driver falls back to the FP32 kernels for blocks with a scale outside
-// [kBf16MinScale, kBf16MaxScale].
+// [kBf16MinScale, kBf16MaxScale]. With BF16 weights, subnormal inputs and products below 2^-126
+// count as zero: at most K·2^-126 away from FP32 arithmetic over K columns.
 inline constexpr int kBf16MinScale = 64;   // UE8M0 2^-63
 inline constexpr int kBf16MaxScale = 190;  // UE8M0 2^63
 

@@ -264,8 +264,9 @@ std::vector<CpuIsa> SupportedIsas() {
   return isas;
 }
 
-std::unique_ptr<CpuBackend> MakeBackend(CpuIsa isa, int threads) {
-  auto backend = CpuBackend::Create({.threads = threads, .isa = isa});
+// batch_invariant off: the comparisons below cover the strip form (many rows) as well.
+std::unique_ptr<CpuBackend> MakeBackend(CpuIsa isa, int threads, bool batch_invariant = false) {
+  auto backend = CpuBackend::Create({.threads = threads, .isa = isa, .batch_invariant = batch_invariant});
   EXPECT_TRUE(backend.ok()) << backend.status();
   return backend.ok() ? std::move(*backend) : nullptr;
 }
@@ -275,14 +276,15 @@ std::unique_ptr<CpuBackend> MakeBackend(CpuIsa isa, int threads) {
 // orders and groupings. Each FP32 addition of a sum of K terms errs by at most 2^-24 times the
 // partial sum, so either result is within ~K·2^-24·Σ|terms| of the exact sum (the classic bound
 // for recursive summation, pessimistic for the kernels' pairwise-like lanes). We allow twice
-// that, plus a tiny absolute term for all-zero outputs.
+// that, plus K·2^-126 for the BF16-product kernels, which count products below FP32's normal
+// range as zero (none occur in these data; the term also covers all-zero outputs).
 void ExpectClose(const WeightView& w, const std::vector<float>& want,
                  const std::vector<float>& scale, const std::vector<float>& got,
                  const std::string& what) {
   const double k = static_cast<double>(w.cols) + 4;
   int failures = 0;
   for (size_t j = 0; j < want.size() && failures < 5; ++j) {
-    const double tol = 2.0 * k * std::ldexp(1.0, -24) * scale[j] + 1e-30;
+    const double tol = 2.0 * k * std::ldexp(1.0, -24) * scale[j] + k * std::ldexp(1.0, -126);
     if (!(std::fabs(static_cast<double>(got[j]) - want[j]) <= tol)) {
       ADD_FAILURE() << what << ": y[" << j / w.rows << "][" << j % w.rows << "] = " << got[j]
                     << ", reference " << want[j] << " (tolerance " << tol << ")";
@@ -622,6 +624,41 @@ TEST(CpuLinearTest, QuantizationHitsEveryCodeAndTie) {
     }
   }
   ExpectQuantizationMatches(edges, "scale edges");
+}
+
+}  // namespace
+}  // namespace strata::engine
+
+namespace strata::engine {
+namespace {
+
+// With batch_invariant (the default, what the model uses) a row's output does not depend on how
+// many rows share the call: prefill in chunks of any size and decode give bit-identical results.
+TEST(CpuLinearBatchInvarianceTest, RowsMatchSingleRowCallsBitForBit) {
+  const int64_t rows = 300, cols = 512, n = 200;
+  std::vector<uint8_t> fp8(static_cast<size_t>(rows * cols)), scales(static_cast<size_t>(3 * 4), 124);
+  std::vector<uint16_t> bf16(static_cast<size_t>(rows * cols));
+  uint64_t s = 5;
+  auto next = [&] { return (s = s * 6364136223846793005ull + 1442695040888963407ull) >> 33; };
+  for (auto& b : fp8) b = static_cast<uint8_t>(next() % 0x7E);
+  for (auto& b : bf16) b = FloatToBf16(static_cast<float>(static_cast<int>(next() % 2001) - 1000) / 1000.0f);
+  std::vector<float> x(static_cast<size_t>(n * cols));
+  for (auto& v : x) v = RoundToBf16(static_cast<float>(static_cast<int>(next() % 2001) - 1000) / 250.0f);
+  for (CpuIsa isa : {CpuIsa::kGeneric, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16}) {
+    if (!CpuIsaSupported(isa)) continue;
+    auto backend = CpuBackend::Create({.threads = 2, .isa = isa});
+    ASSERT_TRUE(backend.ok());
+    for (WeightView w : {WeightView{WeightFormat::kFp8Block, fp8.data(), scales.data(), rows, cols},
+                         WeightView{WeightFormat::kBf16, bf16.data(), nullptr, rows, cols}}) {
+      std::vector<float> all(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
+      (*backend)->Linear(w, x.data(), n, all.data());
+      for (int64_t i : {int64_t{0}, int64_t{77}, n - 1}) {
+        (*backend)->Linear(w, x.data() + i * cols, 1, one.data());
+        EXPECT_EQ(std::memcmp(one.data(), all.data() + i * rows, static_cast<size_t>(rows) * 4), 0)
+            << CpuIsaName(isa) << " row " << i;
+      }
+    }
+  }
 }
 
 }  // namespace
