@@ -176,40 +176,57 @@ void AttentionLayer::DecodeEntries(const StepSequenceRef& s, const KvPool& pool,
   const int64_t m = w_.ratio;
   if (m == 0) return;
   const int64_t visible = (s.start + s.n) / m, per_block = kBlockTokens / m;
-  const int64_t ic = c_.index_head_dim, hd = c_.head_dim;
-  if (m == 4) {
-    out.index_keys.resize(static_cast<size_t>(visible * ic));
-  } else {
-    out.main.resize(static_cast<size_t>(visible * hd));
-  }
+  const int64_t hd = c_.head_dim;
+  if (m != 128) return;  // CSA keys are scored slice by slice (SelectTopK)
+  out.main.resize(static_cast<size_t>(visible * hd));
   constexpr int64_t kSlice = 256;
   threads_.ParallelFor(static_cast<size_t>((visible + kSlice - 1) / kSlice), [&](size_t slice) {
     const int64_t end = std::min<int64_t>(visible, (static_cast<int64_t>(slice) + 1) * kSlice);
     for (int64_t j = static_cast<int64_t>(slice) * kSlice; j < end; ++j) {
       const uint8_t* block = pool.block(s.cache->blocks[static_cast<size_t>(j / per_block)]);
-      if (m == 4) {
-        index_codec_.Decode(block + kv_.indexer_offset + (j % per_block) * index_codec_.bytes,
-                            out.index_keys.data() + j * ic);
-      } else {
-        main_codec_.Decode(block + kv_.main_offset + (j % per_block) * main_codec_.bytes, out.main.data() + j * hd);
-      }
+      main_codec_.Decode(block + kv_.main_offset + (j % per_block) * main_codec_.bytes, out.main.data() + j * hd);
     }
   });
 }
 
-void AttentionLayer::SelectTopK(const StepSequenceRef& s, const Projections& p, const DecodedEntries& decoded,
+void AttentionLayer::SelectTopK(const StepSequenceRef& s, const Projections& p, const KvPool& pool,
                                 std::vector<std::vector<int64_t>>& chosen) {
-  const int64_t ih = c_.index_n_heads, ic = c_.index_head_dim, m = 4;
+  const int64_t ih = c_.index_n_heads, ic = c_.index_head_dim, m = 4, per_block = kBlockTokens / m;
   const int64_t max_visible = (s.start + s.n) / m;
   if (max_visible == 0) return;
-  const WeightView keys{WeightFormat::kF32, decoded.index_keys.data(), nullptr, max_visible, ic};
-  // Tiles of tokens small enough that their score matrix stays within ~128 MiB.
-  const int64_t tile = std::clamp<int64_t>((int64_t{32} << 20) / (ih * max_visible), 1, 64);
-  std::vector<float> dots;
+  // Scores of (token, entry) are Σ_h ω_h·ReLU(q_h·k) with Dot's fixed order, whatever the tiling:
+  // the same for a token whether it is prefilled in a chunk or decoded alone. Keys are decoded
+  // from their FP4 bytes a slice at a time into per-thread scratch, never materialised whole.
+  constexpr int64_t kSlice = 256;
+  const int64_t slices = (max_visible + kSlice - 1) / kSlice;
+  const int64_t tile = std::clamp<int64_t>((int64_t{16} << 20) / max_visible, 1, s.n);
+  std::vector<float> scores;
   for (int64_t first = 0; first < s.n; first += tile) {
     const int64_t count = std::min(tile, s.n - first);
-    dots.resize(static_cast<size_t>(count * ih * max_visible));
-    backend_.Linear(keys, p.qi.data() + (s.row + first) * ih * ic, count * ih, dots.data());
+    scores.assign(static_cast<size_t>(count * max_visible), 0.0f);
+    threads_.ParallelFor(static_cast<size_t>(slices), [&](size_t slice) {
+      const int64_t j0 = static_cast<int64_t>(slice) * kSlice, j1 = std::min(max_visible, j0 + kSlice);
+      thread_local std::vector<float> keys;
+      keys.resize(static_cast<size_t>(kSlice * ic));
+      for (int64_t j = j0; j < j1; ++j) {
+        const uint8_t* block = pool.block(s.cache->blocks[static_cast<size_t>(j / per_block)]);
+        index_codec_.Decode(block + kv_.indexer_offset + (j % per_block) * index_codec_.bytes,
+                            keys.data() + (j - j0) * ic);
+      }
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t row = s.row + first + i;
+        const int64_t visible = std::min(j1, (s.start + first + i + 1) / m);
+        const float* q = p.qi.data() + row * ih * ic;
+        const float* w = p.wi.data() + row * ih;
+        float* out = scores.data() + i * max_visible;
+        for (int64_t j = j0; j < visible; ++j) {
+          const float* key = keys.data() + (j - j0) * ic;
+          float score = 0;
+          for (int64_t head = 0; head < ih; ++head) score += w[head] * std::max(Dot(q + head * ic, key, ic), 0.0f);
+          out[j] = score;
+        }
+      }
+    });
     threads_.ParallelFor(static_cast<size_t>(count), [&](size_t i) {
       const int64_t row = s.row + first + static_cast<int64_t>(i);
       const int64_t visible = (s.start + first + static_cast<int64_t>(i) + 1) / m;
@@ -218,17 +235,10 @@ void AttentionLayer::SelectTopK(const StepSequenceRef& s, const Projections& p, 
       out.resize(static_cast<size_t>(visible));
       std::iota(out.begin(), out.end(), 0);
       if (k == visible) return;
-      const float* w = p.wi.data() + row * ih;
-      const float* d = dots.data() + static_cast<int64_t>(i) * ih * max_visible;
-      std::vector<float> scores(static_cast<size_t>(visible), 0.0f);
-      for (int64_t head = 0; head < ih; ++head) {
-        const float* dh = d + head * max_visible;
-        for (int64_t j = 0; j < visible; ++j) scores[static_cast<size_t>(j)] += w[head] * std::max(dh[j], 0.0f);
-      }
+      const float* sc = scores.data() + static_cast<int64_t>(i) * max_visible;
       // Highest scores first; among equal scores the lower index (MODEL.md §5).
       std::partial_sort(out.begin(), out.begin() + k, out.end(), [&](int64_t a, int64_t b) {
-        const float sa = scores[static_cast<size_t>(a)], sb = scores[static_cast<size_t>(b)];
-        return sa != sb ? sa > sb : a < b;
+        return sc[a] != sc[b] ? sc[a] > sc[b] : a < b;
       });
       out.resize(static_cast<size_t>(k));
       std::sort(out.begin(), out.end());
@@ -311,7 +321,7 @@ void AttentionLayer::Forward(const StepLayout& step, const float* h, KvPool& poo
   std::vector<std::vector<int64_t>> chosen(static_cast<size_t>(w_.ratio == 4 ? T : 0));
   for (size_t s = 0; s < step.seqs.size(); ++s) {
     DecodeEntries(step.seqs[s], pool, decoded[s]);
-    if (w_.ratio == 4) SelectTopK(step.seqs[s], p, decoded[s], chosen);
+    if (w_.ratio == 4) SelectTopK(step.seqs[s], p, pool, chosen);
   }
   static const std::vector<int64_t> kNone;
   std::vector<float> o(static_cast<size_t>(T * H * hd));

@@ -43,11 +43,9 @@ class AttentionLayer {
 
  private:
   struct Projections;
-  // Compressed entries of one sequence decoded once per step (shared by its tokens): indexer keys
-  // for CSA layers, main entries for HCA layers.
+  // An HCA layer's entries of one sequence, decoded once per step (shared by its tokens).
   struct DecodedEntries {
-    std::vector<float> index_keys;  // [visible, ic]
-    std::vector<float> main;        // [visible, c]
+    std::vector<float> main;  // [visible, c]
   };
   void DecodeEntries(const StepSequenceRef& s, const KvPool& pool, DecodedEntries& out);
   void Project(const StepLayout& step, const float* h, Projections& p);
@@ -56,9 +54,9 @@ class AttentionLayer {
                  bool indexer, SequenceCache& cache, KvPool& pool);
   void AttendToken(const StepLayout& step, int64_t row, const Projections& p, const DecodedEntries& decoded,
                    const std::vector<int64_t>& chosen, const KvPool& pool, float* o);
-  // The lightning indexer for every token of one sequence: scores of all visible entries as one
-  // matrix product per tile of tokens (q_I · Kᵀ on the backend), then each token's top-k.
-  void SelectTopK(const StepSequenceRef& s, const Projections& p, const DecodedEntries& decoded,
+  // The lightning indexer for every token of one sequence: scores of all visible entries, then
+  // each token's top-k indices (ascending) into `chosen`.
+  void SelectTopK(const StepSequenceRef& s, const Projections& p, const KvPool& pool,
                   std::vector<std::vector<int64_t>>& chosen);
   void WriteWindow(const StepLayout& step, const Projections& p);
 

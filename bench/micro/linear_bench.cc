@@ -10,6 +10,8 @@
 // Prefill (n = 512) is limited by arithmetic: GFLOP/s (2·n·rows·cols per call), held to half of
 // the measured peak of the instructions the kernels use on the same threads (FP32 FMA, or
 // vdpbf16ps with the avx512bf16 kernels). Activations are BF16 values, as the model's are.
+// Every case runs the backend as the model does (batch_invariant: one summation order for any
+// number of rows); the *_strip prefill cases show batch_invariant off (the strip form).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -48,15 +50,20 @@ constexpr int64_t kCacheBytes = int64_t{32} << 20;  // this machine's L3; more i
 int g_threads = 0;
 CpuIsa g_isa = CpuIsa::kAuto;
 
-CpuBackend& Backend() {
-  static CpuBackend* const backend = [] {
-    auto created = CpuBackend::Create({.threads = g_threads, .isa = g_isa});
+// The backend as the model uses it (batch_invariant: the dot form for every row count), or with
+// batch_invariant off (the strip form for many rows: faster prefill, other last bits).
+CpuBackend& Backend(bool batch_invariant = true) {
+  static CpuBackend* backends[2] = {nullptr, nullptr};
+  CpuBackend*& backend = backends[batch_invariant ? 1 : 0];
+  if (backend == nullptr) {
+    auto created = CpuBackend::Create(
+        {.threads = g_threads, .isa = g_isa, .batch_invariant = batch_invariant});
     if (!created.ok()) {
       std::fprintf(stderr, "linear_bench: %s\n", std::string(created.status().message()).c_str());
       std::exit(1);
     }
-    return created->release();
-  }();
+    backend = created->release();
+  }
   return *backend;
 }
 
@@ -257,6 +264,7 @@ struct Case {
   WeightFormat format;
   int64_t rows, cols, n;
   bool prefill;
+  bool batch_invariant = true;
 };
 
 // Seconds per call of each case, as Google Benchmark measured it.
@@ -276,7 +284,7 @@ void RunCase(benchmark::State& state, const Case& c) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> x(c.n * c.cols), y(c.n * c.rows);
   for (float& v : x) v = engine::RoundToBf16(normal(rng));
-  CpuBackend& backend = Backend();
+  CpuBackend& backend = Backend(c.batch_invariant);
   backend.Linear(w.views[0], x.data(), c.n, y.data());  // warm-up: buffers grow once
   size_t next = 0;
   for (auto _ : state) {
@@ -313,9 +321,10 @@ std::vector<Case> Cases() {
                             {WeightFormat::kFp4Block, 2048, 4096},
                             {WeightFormat::kBf16, 4096, 4096}};
   for (const Matrix& m : prefill) {
-    cases.push_back({"linear_" + FormatName(m.format) + "_" + std::to_string(m.rows) + "x" +
-                         std::to_string(m.cols) + "_n512",
-                     m.format, m.rows, m.cols, 512, true});
+    const std::string name = "linear_" + FormatName(m.format) + "_" + std::to_string(m.rows) + "x" +
+                             std::to_string(m.cols) + "_n512";
+    cases.push_back({name, m.format, m.rows, m.cols, 512, true});
+    cases.push_back({name + "_strip", m.format, m.rows, m.cols, 512, true, false});
   }
   return cases;
 }

@@ -33,6 +33,7 @@ using cpu::RoundUp;
 // and each weight is decoded once per block. Which form is faster where was measured
 // (bench/micro/linear_bench.cc); both give the same numbers up to summation order.
 constexpr int64_t kDotChunk = 1024;
+constexpr int64_t kDotBlockRows = 32;
 constexpr int64_t kStripChunk = 256;
 constexpr int64_t kStripBlockRows = 256;
 // Below this many multiply-adds a call runs on the calling thread (waking workers costs more).
@@ -303,28 +304,31 @@ bool CpuBackend::PrepareActivations(const WeightView& w, const float* x, int64_t
 // ---- FP32 kernels --------------------------------------------------------------------------
 
 void CpuBackend::DotRows(int slot, const KernelWeights& w, int64_t r_begin, int64_t r_end,
-                         int64_t n, int64_t ldx, float* y) {
+                         int64_t i_begin, int64_t i_end, int64_t ldx, float* y) {
   const LinearKernelTable& k = *kernels_;
   const int64_t rows = w.rows, cols = w.cols;
   const int64_t chunk = std::min(RoundUp(cols, kQuantBlock), kDotChunk);
   const int64_t ldp = RoundUp(chunk, kPadFloats) + kPadFloats;
   float* panel = scratch_[slot]->panel.Reserve<float>(k.dot_rows * ldp);
   const float* xq = buffers_->xq.Get<float>();
-  for (int64_t r = r_begin; r < r_end; r += k.dot_rows) {
-    const int mr = static_cast<int>(std::min<int64_t>(k.dot_rows, r_end - r));
-    for (int64_t k0 = 0; k0 < cols; k0 += chunk) {
-      const int64_t kc = std::min(chunk, cols - k0);
-      if (k0 + chunk < cols) {  // what the next decode reads
-        PrefetchBlock(w, r, mr, k0 + chunk, std::min(chunk, cols - k0 - chunk));
-      } else {
-        PrefetchBlock(w, r + mr, std::min<int64_t>(k.dot_rows, r_end - r - mr), 0,
-                      std::min(chunk, cols));
-      }
-      k.decode(w, r, mr, k0, kc, panel, ldp);
-      const int64_t kc_padded = RoundUp(kc, kPadFloats);
-      for (int64_t i = 0; i < n; i += k.dot_xrows) {
-        const int nx = static_cast<int>(std::min<int64_t>(k.dot_xrows, n - i));
-        k.dot(panel, ldp, mr, xq + i * ldx + k0, ldx, nx, kc_padded, y + i * rows + r, rows);
+  for (int64_t i0 = i_begin; i0 < i_end; i0 += kDotBlockRows) {
+    const int64_t i1 = std::min(i_end, i0 + kDotBlockRows);
+    for (int64_t r = r_begin; r < r_end; r += k.dot_rows) {
+      const int mr = static_cast<int>(std::min<int64_t>(k.dot_rows, r_end - r));
+      for (int64_t k0 = 0; k0 < cols; k0 += chunk) {
+        const int64_t kc = std::min(chunk, cols - k0);
+        if (k0 + chunk < cols) {  // what the next decode reads
+          PrefetchBlock(w, r, mr, k0 + chunk, std::min(chunk, cols - k0 - chunk));
+        } else {
+          PrefetchBlock(w, r + mr, std::min<int64_t>(k.dot_rows, r_end - r - mr), 0,
+                        std::min(chunk, cols));
+        }
+        k.decode(w, r, mr, k0, kc, panel, ldp);
+        const int64_t kc_padded = RoundUp(kc, kPadFloats);
+        for (int64_t i = i0; i < i1; i += k.dot_xrows) {
+          const int nx = static_cast<int>(std::min<int64_t>(k.dot_xrows, i1 - i));
+          k.dot(panel, ldp, mr, xq + i * ldx + k0, ldx, nx, kc_padded, y + i * rows + r, rows);
+        }
       }
     }
   }
@@ -334,7 +338,7 @@ void CpuBackend::LinearDot(const KernelWeights& w, int64_t n, int64_t ldx, float
   const int64_t group = kernels_->dot_rows * 4;
   const int64_t items = (w.rows + group - 1) / group;
   ForEachItem(items, group * w.cols * n, [&](int slot, int64_t item) {
-    DotRows(slot, w, item * group, std::min(w.rows, (item + 1) * group), n, ldx, y);
+    DotRows(slot, w, item * group, std::min(w.rows, (item + 1) * group), 0, n, ldx, y);
   });
 }
 
@@ -397,6 +401,24 @@ void CpuBackend::LinearDotBf16(const KernelWeights& w, int64_t n, int64_t ldx, f
   const int64_t nx_max = n <= 4 ? 4 : 8, mr_max = n <= 4 ? 4 : 2;
   const float* xq = buffers_->xq.Get<float>();
   const uint8_t* data = static_cast<const uint8_t*>(w.data);
+  // Weight rows [r_begin, r_end) against every activation row, kDotBlockRows of them at a time
+  // (they stay in L2 while the rows' tiles pass). tile(r, mr, i, nx) adds one register tile, or
+  // returns false having added nothing (FP4 scales the BF16 products cannot take), and then the
+  // FP32 kernels do those rows.
+  auto run_rows = [&](int slot, int64_t r_begin, int64_t r_end, const auto& tile) {
+    for (int64_t i0 = 0; i0 < n; i0 += kDotBlockRows) {
+      const int64_t i1 = std::min(n, i0 + kDotBlockRows);
+      for (int64_t r = r_begin; r < r_end; r += mr_max) {
+        const int mr = static_cast<int>(std::min(mr_max, r_end - r));
+        for (int64_t i = i0; i < i1; i += nx_max) {
+          if (!tile(r, mr, i, static_cast<int>(std::min(nx_max, i1 - i)))) {
+            DotRows(slot, w, r, r + mr, i0, i1, ldx, y);
+            break;
+          }
+        }
+      }
+    }
+  };
 
   if (w.format == KernelFormat::kFp8Block) {
     // Items are 128-row blocks (one activation scaling each), or quarters of them when there are
@@ -412,52 +434,41 @@ void CpuBackend::LinearDotBf16(const KernelWeights& w, int64_t n, int64_t ldx, f
       uint16_t* xb = scratch_[slot]->xb.Reserve<uint16_t>(n * ldxb);
       if (!b.prepare_fp8(xq, ldx, n, cols, w.scale + (r_begin / kQuantBlock) * scale_cols, xb,
                          ldxb)) {
-        DotRows(slot, w, r_begin, r_end, n, ldx, y);
+        DotRows(slot, w, r_begin, r_end, 0, n, ldx, y);
         return;
       }
-      for (int64_t r = r_begin; r < r_end; r += mr_max) {
-        const int mr = static_cast<int>(std::min(mr_max, r_end - r));
-        for (int64_t i = 0; i < n; i += nx_max) {
-          const int nx = static_cast<int>(std::min(nx_max, n - i));
-          b.dot_fp8(data + r * cols, cols, mr, xb + i * ldxb, ldxb, nx, y + i * rows + r, rows);
-        }
-      }
+      run_rows(slot, r_begin, r_end, [&](int64_t r, int mr, int64_t i, int nx) {
+        b.dot_fp8(data + r * cols, cols, mr, xb + i * ldxb, ldxb, nx, y + i * rows + r, rows);
+        return true;
+      });
     });
     return;
   }
 
   uint16_t* xb = buffers_->xb.Reserve<uint16_t>(n * ldxb);
   const int64_t group = 16;
+  const int64_t items = (rows + group - 1) / group;
   if (w.format == KernelFormat::kBf16) {
     b.prepare_plain(xq, ldx, n, cols, xb, ldxb);
     const uint16_t* weights = static_cast<const uint16_t*>(w.data);
-    ForEachItem((rows + group - 1) / group, group * cols * n, [&](int, int64_t item) {
-      const int64_t r_end = std::min(rows, (item + 1) * group);
-      for (int64_t r = item * group; r < r_end; r += mr_max) {
-        const int mr = static_cast<int>(std::min(mr_max, r_end - r));
-        for (int64_t i = 0; i < n; i += nx_max) {
-          const int nx = static_cast<int>(std::min(nx_max, n - i));
-          b.dot_bf16(weights + r * cols, cols, mr, xb + i * ldxb, ldxb, nx, y + i * rows + r, rows);
-        }
-      }
+    ForEachItem(items, group * cols * n, [&](int slot, int64_t item) {
+      run_rows(slot, item * group, std::min(rows, (item + 1) * group),
+               [&](int64_t r, int mr, int64_t i, int nx) {
+                 b.dot_bf16(weights + r * cols, cols, mr, xb + i * ldxb, ldxb, nx, y + i * rows + r,
+                            rows);
+                 return true;
+               });
     });
     return;
   }
   b.prepare_fp4(xq, ldx, n, cols, xb, ldxb);
   const int64_t lds = cols / kFp4Group;
-  ForEachItem((rows + group - 1) / group, group * cols * n, [&](int slot, int64_t item) {
-    const int64_t r_end = std::min(rows, (item + 1) * group);
-    for (int64_t r = item * group; r < r_end; r += mr_max) {
-      const int mr = static_cast<int>(std::min(mr_max, r_end - r));
-      for (int64_t i = 0; i < n; i += nx_max) {
-        const int nx = static_cast<int>(std::min(nx_max, n - i));
-        if (!b.dot_fp4(data + r * (cols / 2), w.scale + r * lds, cols, mr, xb + i * ldxb, ldxb, nx,
-                       y + i * rows + r, rows)) {
-          DotRows(slot, w, r, r + mr, n, ldx, y);  // nothing was added for this tile yet
-          break;
-        }
-      }
-    }
+  ForEachItem(items, group * cols * n, [&](int slot, int64_t item) {
+    run_rows(slot, item * group, std::min(rows, (item + 1) * group),
+             [&](int64_t r, int mr, int64_t i, int nx) {
+               return b.dot_fp4(data + r * (cols / 2), w.scale + r * lds, cols, mr, xb + i * ldxb,
+                                ldxb, nx, y + i * rows + r, rows);
+             });
   });
 }
 

@@ -77,8 +77,9 @@ class CpuBackend final : public Backend {
   bool PrepareActivations(const WeightView& w, const float* x, int64_t n, int64_t ldx);
   // The FP32 kernels: dot form (few rows of x) and strip form (many).
   void LinearDot(const cpu::KernelWeights& w, int64_t n, int64_t ldx, float* y);
-  void DotRows(int slot, const cpu::KernelWeights& w, int64_t r_begin, int64_t r_end, int64_t n,
-               int64_t ldx, float* y);
+  // Weight rows [r_begin, r_end) against activation rows [i_begin, i_end), FP32 kernels.
+  void DotRows(int slot, const cpu::KernelWeights& w, int64_t r_begin, int64_t r_end,
+               int64_t i_begin, int64_t i_end, int64_t ldx, float* y);
   void LinearStrip(const cpu::KernelWeights& w, int64_t n, int64_t ldx, float* y);
   // The BF16-product kernels: FP8 / FP4 weights, BF16 weights with BF16 activations.
   void LinearDotBf16(const cpu::KernelWeights& w, int64_t n, int64_t ldx, float* y);
