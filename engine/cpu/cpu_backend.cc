@@ -34,6 +34,7 @@ using cpu::RoundUp;
 // (bench/micro/linear_bench.cc); both give the same numbers up to summation order.
 constexpr int64_t kDotChunk = 1024;
 constexpr int64_t kDotBlockRows = 32;
+constexpr int64_t kDotBf16Range = 1024;  // a multiple of cpu::kDotRange
 constexpr int64_t kStripChunk = 256;
 constexpr int64_t kStripBlockRows = 256;
 // Below this many multiply-adds a call runs on the calling thread (waking workers costs more).
@@ -154,6 +155,7 @@ struct CpuBackend::Scratch {
   AlignedBuffer panel;  // decoded weight rows (FP32)
   AlignedBuffer strip;  // the panel transposed, for the strip form
   AlignedBuffer xb;     // BF16 activations scaled for one 128-row block (FP8 dot form)
+  AlignedBuffer state;  // BF16 dot form: register tiles' sums between column ranges
 };
 
 struct CpuBackend::Buffers {
@@ -402,18 +404,30 @@ void CpuBackend::LinearDotBf16(const KernelWeights& w, int64_t n, int64_t ldx, f
   const float* xq = buffers_->xq.Get<float>();
   const uint8_t* data = static_cast<const uint8_t*>(w.data);
   // Weight rows [r_begin, r_end) against every activation row, kDotBlockRows of them at a time
-  // (they stay in L2 while the rows' tiles pass). tile(r, mr, i, nx) adds one register tile, or
-  // returns false having added nothing (FP4 scales the BF16 products cannot take), and then the
-  // FP32 kernels do those rows.
+  // (they stay in L2 while the weight rows pass). With more than one group of nx_max activation
+  // rows, the columns go in ranges of kDotBf16Range, each group's slice of activations staying
+  // in L1 while all the weight rows pass; the tiles carry their sums across ranges in `state`,
+  // which keeps every row's order of operations, and so its bits, independent of n.
+  // tile(r, mr, i, nx, k_begin, k_end, state) adds one register tile, or returns false having
+  // added nothing (FP4 scales the BF16 products cannot take): the FP32 kernels do those rows.
   auto run_rows = [&](int slot, int64_t r_begin, int64_t r_end, const auto& tile) {
+    const int64_t range = n <= nx_max ? cols : kDotBf16Range;
+    const int64_t r_tiles = (r_end - r_begin + mr_max - 1) / mr_max;
+    const int64_t groups = (kDotBlockRows + nx_max - 1) / nx_max;
+    float* state =
+        range < cols ? scratch_[slot]->state.Reserve<float>(r_tiles * groups * 256) : nullptr;
     for (int64_t i0 = 0; i0 < n; i0 += kDotBlockRows) {
       const int64_t i1 = std::min(n, i0 + kDotBlockRows);
-      for (int64_t r = r_begin; r < r_end; r += mr_max) {
-        const int mr = static_cast<int>(std::min(mr_max, r_end - r));
-        for (int64_t i = i0; i < i1; i += nx_max) {
-          if (!tile(r, mr, i, static_cast<int>(std::min(nx_max, i1 - i)))) {
-            DotRows(slot, w, r, r + mr, i0, i1, ldx, y);
-            break;
+      for (int64_t k0 = 0; k0 < cols; k0 += range) {
+        const int64_t k1 = std::min(cols, k0 + range);
+        for (int64_t i = i0, g = 0; i < i1; i += nx_max, ++g) {
+          const int nx = static_cast<int>(std::min(nx_max, i1 - i));
+          for (int64_t r = r_begin, t = 0; r < r_end; r += mr_max, ++t) {
+            const int mr = static_cast<int>(std::min(mr_max, r_end - r));
+            float* tile_state = state == nullptr ? nullptr : state + (t * groups + g) * 256;
+            if (!tile(r, mr, i, nx, k0, k1, tile_state) && k0 == 0 && i == i0) {
+              DotRows(slot, w, r, r + mr, i0, i1, ldx, y);  // fails alike for every range
+            }
           }
         }
       }
@@ -437,10 +451,12 @@ void CpuBackend::LinearDotBf16(const KernelWeights& w, int64_t n, int64_t ldx, f
         DotRows(slot, w, r_begin, r_end, 0, n, ldx, y);
         return;
       }
-      run_rows(slot, r_begin, r_end, [&](int64_t r, int mr, int64_t i, int nx) {
-        b.dot_fp8(data + r * cols, cols, mr, xb + i * ldxb, ldxb, nx, y + i * rows + r, rows);
-        return true;
-      });
+      run_rows(slot, r_begin, r_end,
+               [&](int64_t r, int mr, int64_t i, int nx, int64_t k0, int64_t k1, float* state) {
+                 b.dot_fp8(data + r * cols, cols, k0, k1, mr, xb + i * ldxb, ldxb, nx, state,
+                           y + i * rows + r, rows);
+                 return true;
+               });
     });
     return;
   }
@@ -453,9 +469,9 @@ void CpuBackend::LinearDotBf16(const KernelWeights& w, int64_t n, int64_t ldx, f
     const uint16_t* weights = static_cast<const uint16_t*>(w.data);
     ForEachItem(items, group * cols * n, [&](int slot, int64_t item) {
       run_rows(slot, item * group, std::min(rows, (item + 1) * group),
-               [&](int64_t r, int mr, int64_t i, int nx) {
-                 b.dot_bf16(weights + r * cols, cols, mr, xb + i * ldxb, ldxb, nx, y + i * rows + r,
-                            rows);
+               [&](int64_t r, int mr, int64_t i, int nx, int64_t k0, int64_t k1, float* state) {
+                 b.dot_bf16(weights + r * cols, cols, k0, k1, mr, xb + i * ldxb, ldxb, nx, state,
+                            y + i * rows + r, rows);
                  return true;
                });
     });
@@ -465,9 +481,9 @@ void CpuBackend::LinearDotBf16(const KernelWeights& w, int64_t n, int64_t ldx, f
   const int64_t lds = cols / kFp4Group;
   ForEachItem(items, group * cols * n, [&](int slot, int64_t item) {
     run_rows(slot, item * group, std::min(rows, (item + 1) * group),
-             [&](int64_t r, int mr, int64_t i, int nx) {
-               return b.dot_fp4(data + r * (cols / 2), w.scale + r * lds, cols, mr, xb + i * ldxb,
-                                ldxb, nx, y + i * rows + r, rows);
+             [&](int64_t r, int mr, int64_t i, int nx, int64_t k0, int64_t k1, float* state) {
+               return b.dot_fp4(data + r * (cols / 2), w.scale + r * lds, cols, k0, k1, mr,
+                                xb + i * ldxb, ldxb, nx, state, y + i * rows + r, rows);
              });
   });
 }

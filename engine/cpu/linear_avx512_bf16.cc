@@ -158,18 +158,34 @@ void PreparePlain(const float* xq, int64_t ldx, int64_t n, int64_t cols, uint16_
   }
 }
 
+// ---- dot form: running sums --------------------------------------------------------------------
+
+// A tile's sums may be carried across column ranges (state: MR·NX vectors): the same operations in
+// the same order as one pass over all columns, so the results do not depend on the ranges.
+__m512 LoadState(int64_t k_begin, const float* state, int j) {
+  return k_begin == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(state + 16 * j);
+}
+
+void SaveState(__m512 acc, bool last, float* state, int j, float* y) {
+  if (last) {
+    *y += _mm512_reduce_add_ps(acc);
+  } else {
+    _mm512_storeu_ps(state + 16 * j, acc);
+  }
+}
+
 // ---- dot form: BF16 --------------------------------------------------------------------------
 
 template <int MR, int NX>
-void DotBf16Tile(const uint16_t* w, int64_t cols, const uint16_t* xb, int64_t ldxb, float* y,
-                 int64_t ldy) {
+void DotBf16Tile(const uint16_t* w, int64_t cols, int64_t k_begin, int64_t k_end,
+                 const uint16_t* xb, int64_t ldxb, float* state, float* y, int64_t ldy) {
   __m512 acc[MR][NX];
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m) {
 #pragma GCC unroll 16
-    for (int i = 0; i < NX; ++i) acc[m][i] = _mm512_setzero_ps();
+    for (int i = 0; i < NX; ++i) acc[m][i] = LoadState(k_begin, state, m * NX + i);
   }
-  for (int64_t k = 0; k < cols; k += 32) {
+  for (int64_t k = k_begin; k < k_end; k += 32) {
     const int64_t valid = cols - k;
     const __mmask32 mask = valid >= 32 ? ~__mmask32{0} : (__mmask32{1} << valid) - 1;
 #pragma GCC unroll 16
@@ -187,15 +203,17 @@ void DotBf16Tile(const uint16_t* w, int64_t cols, const uint16_t* xb, int64_t ld
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m) {
 #pragma GCC unroll 16
-    for (int i = 0; i < NX; ++i) y[i * ldy + m] += _mm512_reduce_add_ps(acc[m][i]);
+    for (int i = 0; i < NX; ++i) {
+      SaveState(acc[m][i], k_end == cols, state, m * NX + i, y + i * ldy + m);
+    }
   }
 }
 
 // ---- dot form: FP8 ---------------------------------------------------------------------------
 
 template <int MR, int NX>
-void DotFp8Tile(const uint8_t* w, int64_t cols, const uint16_t* xb, int64_t ldxb, float* y,
-                int64_t ldy) {
+void DotFp8Tile(const uint8_t* w, int64_t cols, int64_t k_begin, int64_t k_end, const uint16_t* xb,
+                int64_t ldxb, float* state, float* y, int64_t ldy) {
   const __m512i high0 = _mm512_load_si512(kE4M3Bf16.high);
   const __m512i high1 = _mm512_load_si512(kE4M3Bf16.high + 64);
   const __m512i low0 = _mm512_load_si512(kE4M3Bf16.low);
@@ -205,9 +223,9 @@ void DotFp8Tile(const uint8_t* w, int64_t cols, const uint16_t* xb, int64_t ldxb
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m) {
 #pragma GCC unroll 16
-    for (int i = 0; i < NX; ++i) acc[m][i] = _mm512_setzero_ps();
+    for (int i = 0; i < NX; ++i) acc[m][i] = LoadState(k_begin, state, m * NX + i);
   }
-  for (int64_t k = 0; k < cols; k += 64) {
+  for (int64_t k = k_begin; k < k_end; k += 64) {
     const int64_t valid = cols - k;
     const __mmask64 mask = valid >= 64 ? ~__mmask64{0} : (__mmask64{1} << valid) - 1;
     __m512bh wa[MR], wb[MR];
@@ -236,7 +254,9 @@ void DotFp8Tile(const uint8_t* w, int64_t cols, const uint16_t* xb, int64_t ldxb
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m) {
 #pragma GCC unroll 16
-    for (int i = 0; i < NX; ++i) y[i * ldy + m] += _mm512_reduce_add_ps(acc[m][i]);
+    for (int i = 0; i < NX; ++i) {
+      SaveState(acc[m][i], k_end == cols, state, m * NX + i, y + i * ldy + m);
+    }
   }
 }
 
@@ -256,8 +276,9 @@ constexpr GroupPick MakeGroupPick() {
 alignas(64) constexpr GroupPick kGroupPick = MakeGroupPick();
 
 template <int MR, int NX>
-void DotFp4Tile(const uint8_t* w, const uint8_t* scales, int64_t cols, const uint16_t* xb,
-                int64_t ldxb, float* y, int64_t ldy) {
+void DotFp4Tile(const uint8_t* w, const uint8_t* scales, int64_t cols, int64_t k_begin,
+                int64_t k_end, const uint16_t* xb, int64_t ldxb, float* state, float* y,
+                int64_t ldy) {
   const int64_t ldw = cols / 2, lds = cols / kFp4Group;
   const __m512i base = _mm512_load_si512(kE2M1Bf16x2);
   const __m512i nibble = _mm512_set1_epi16(0x000F);
@@ -268,9 +289,9 @@ void DotFp4Tile(const uint8_t* w, const uint8_t* scales, int64_t cols, const uin
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m) {
 #pragma GCC unroll 16
-    for (int i = 0; i < NX; ++i) acc[m][i] = _mm512_setzero_ps();
+    for (int i = 0; i < NX; ++i) acc[m][i] = LoadState(k_begin, state, m * NX + i);
   }
-  for (int64_t k0 = 0; k0 < cols; k0 += 256) {
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += 256) {  // k_begin % 256 == 0
     // The exponent offsets (e - 127) << 7 of the block's 8 scale groups, one word each.
     const int64_t groups = (cols - k0) / kFp4Group;  // cols % 32 == 0
     const __mmask16 group_mask = groups >= 8 ? 0xFF : static_cast<__mmask16>((1u << groups) - 1);
@@ -284,7 +305,7 @@ void DotFp4Tile(const uint8_t* w, const uint8_t* scales, int64_t cols, const uin
 #pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) {
       const int64_t k = k0 + 64 * c;
-      if (k >= cols) break;
+      if (k >= k_end) break;
       const bool full = k + 64 <= cols;  // else 32 weights
       const __m512i pick = _mm512_load_si512(kGroupPick.words[c]);
       __m512bh wa[MR], wb[MR];
@@ -320,7 +341,9 @@ void DotFp4Tile(const uint8_t* w, const uint8_t* scales, int64_t cols, const uin
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m) {
 #pragma GCC unroll 16
-    for (int i = 0; i < NX; ++i) y[i * ldy + m] += _mm512_reduce_add_ps(acc[m][i]);
+    for (int i = 0; i < NX; ++i) {
+      SaveState(acc[m][i], k_end == cols, state, m * NX + i, y + i * ldy + m);
+    }
   }
 }
 
@@ -373,40 +396,41 @@ void RunTile(int mr, int nx, Args... args) {
 
 template <int MR, int NX>
 struct Fp8Tile {
-  static void Run(const uint8_t* w, int64_t cols, const uint16_t* xb, int64_t ldxb, float* y,
-                  int64_t ldy) {
-    DotFp8Tile<MR, NX>(w, cols, xb, ldxb, y, ldy);
+  static void Run(const uint8_t* w, int64_t cols, int64_t k_begin, int64_t k_end,
+                  const uint16_t* xb, int64_t ldxb, float* state, float* y, int64_t ldy) {
+    DotFp8Tile<MR, NX>(w, cols, k_begin, k_end, xb, ldxb, state, y, ldy);
   }
 };
 
 template <int MR, int NX>
 struct Fp4Tile {
-  static void Run(const uint8_t* w, const uint8_t* scales, int64_t cols, const uint16_t* xb,
-                  int64_t ldxb, float* y, int64_t ldy) {
-    DotFp4Tile<MR, NX>(w, scales, cols, xb, ldxb, y, ldy);
+  static void Run(const uint8_t* w, const uint8_t* scales, int64_t cols, int64_t k_begin,
+                  int64_t k_end, const uint16_t* xb, int64_t ldxb, float* state, float* y,
+                  int64_t ldy) {
+    DotFp4Tile<MR, NX>(w, scales, cols, k_begin, k_end, xb, ldxb, state, y, ldy);
   }
 };
 
 template <int MR, int NX>
 struct Bf16Tile {
-  static void Run(const uint16_t* w, int64_t cols, const uint16_t* xb, int64_t ldxb, float* y,
-                  int64_t ldy) {
-    DotBf16Tile<MR, NX>(w, cols, xb, ldxb, y, ldy);
+  static void Run(const uint16_t* w, int64_t cols, int64_t k_begin, int64_t k_end,
+                  const uint16_t* xb, int64_t ldxb, float* state, float* y, int64_t ldy) {
+    DotBf16Tile<MR, NX>(w, cols, k_begin, k_end, xb, ldxb, state, y, ldy);
   }
 };
 
-void DotBf16(const uint16_t* w, int64_t cols, int mr, const uint16_t* xb, int64_t ldxb, int nx,
-             float* y, int64_t ldy) {
-  RunTile<Bf16Tile>(mr, nx, w, cols, xb, ldxb, y, ldy);
+void DotBf16(const uint16_t* w, int64_t cols, int64_t k_begin, int64_t k_end, int mr,
+             const uint16_t* xb, int64_t ldxb, int nx, float* state, float* y, int64_t ldy) {
+  RunTile<Bf16Tile>(mr, nx, w, cols, k_begin, k_end, xb, ldxb, state, y, ldy);
 }
 
-void DotFp8(const uint8_t* w, int64_t cols, int mr, const uint16_t* xb, int64_t ldxb, int nx,
-            float* y, int64_t ldy) {
-  RunTile<Fp8Tile>(mr, nx, w, cols, xb, ldxb, y, ldy);
+void DotFp8(const uint8_t* w, int64_t cols, int64_t k_begin, int64_t k_end, int mr,
+            const uint16_t* xb, int64_t ldxb, int nx, float* state, float* y, int64_t ldy) {
+  RunTile<Fp8Tile>(mr, nx, w, cols, k_begin, k_end, xb, ldxb, state, y, ldy);
 }
 
-bool DotFp4(const uint8_t* w, const uint8_t* scales, int64_t cols, int mr, const uint16_t* xb,
-            int64_t ldxb, int nx, float* y, int64_t ldy) {
+bool DotFp4(const uint8_t* w, const uint8_t* scales, int64_t cols, int64_t k_begin, int64_t k_end,
+            int mr, const uint16_t* xb, int64_t ldxb, int nx, float* state, float* y, int64_t ldy) {
   const int64_t lds = cols / kFp4Group;
   const __m512i lo = _mm512_set1_epi8(kBf16MinScale),
                 hi = _mm512_set1_epi8(static_cast<char>(kBf16MaxScale));
@@ -421,7 +445,7 @@ bool DotFp4(const uint8_t* w, const uint8_t* scales, int64_t cols, int mr, const
       }
     }
   }
-  RunTile<Fp4Tile>(mr, nx, w, scales, cols, xb, ldxb, y, ldy);
+  RunTile<Fp4Tile>(mr, nx, w, scales, cols, k_begin, k_end, xb, ldxb, state, y, ldy);
   return true;
 }
 

@@ -81,6 +81,7 @@ struct LinearKernelTable {
 // [kBf16MinScale, kBf16MaxScale]. With BF16 weights, subnormal inputs and products below 2^-126
 // count as zero: at most K·2^-126 away from FP32 arithmetic over K columns.
 inline constexpr int kBf16MinScale = 64;   // UE8M0 2^-63
+inline constexpr int64_t kDotRange = 256;  // column ranges of the BF16 dot form
 inline constexpr int kBf16MaxScale = 190;  // UE8M0 2^63
 
 struct Bf16KernelTable {
@@ -98,16 +99,20 @@ struct Bf16KernelTable {
   // w = E4M3 rows [mr][cols] (row stride cols; scales already in xb), or packed E2M1 rows
   // [mr][cols / 2] with their scales [mr][cols / 32]; dot_fp4 returns false (nothing written)
   // if a scale is outside [kBf16MinScale, kBf16MaxScale].
-  void (*dot_fp8)(const uint8_t* w, int64_t cols, int mr, const uint16_t* xb, int64_t ldxb, int nx,
+  // The sum may be split into column ranges [k_begin, k_end) (multiples of kDotRange but the
+  // last), called in order: `state` (16·mr·nx floats) carries the partial sums between them, and
+  // the last range (k_end == cols) adds the total to y. Every split gives the same bits.
+  void (*dot_fp8)(const uint8_t* w, int64_t cols, int64_t k_begin, int64_t k_end, int mr,
+                  const uint16_t* xb, int64_t ldxb, int nx, float* state, float* y, int64_t ldy);
+  bool (*dot_fp4)(const uint8_t* w, const uint8_t* scales, int64_t cols, int64_t k_begin,
+                  int64_t k_end, int mr, const uint16_t* xb, int64_t ldxb, int nx, float* state,
                   float* y, int64_t ldy);
-  bool (*dot_fp4)(const uint8_t* w, const uint8_t* scales, int64_t cols, int mr, const uint16_t* xb,
-                  int64_t ldxb, int nx, float* y, int64_t ldy);
   // BF16 weights, for activations that are BF16 values already (the model rounds linear inputs
   // to BF16): prepare_plain stores them in natural order, dot_bf16 is dot_fp8 for BF16 rows.
   void (*prepare_plain)(const float* xq, int64_t ldx, int64_t n, int64_t cols, uint16_t* xb,
                         int64_t ldxb);
-  void (*dot_bf16)(const uint16_t* w, int64_t cols, int mr, const uint16_t* xb, int64_t ldxb,
-                   int nx, float* y, int64_t ldy);
+  void (*dot_bf16)(const uint16_t* w, int64_t cols, int64_t k_begin, int64_t k_end, int mr,
+                   const uint16_t* xb, int64_t ldxb, int nx, float* state, float* y, int64_t ldy);
 
   // Strip form, on panels decoded (and scaled) by the FP32 kernels: pack_x packs nx <= strip_xrows
   // activation rows as BF16 pairs [RoundUp(cols, kPadFloats) / 2][strip_xrows]; pack_strip turns

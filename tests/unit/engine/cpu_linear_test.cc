@@ -266,7 +266,8 @@ std::vector<CpuIsa> SupportedIsas() {
 
 // batch_invariant off: the comparisons below cover the strip form (many rows) as well.
 std::unique_ptr<CpuBackend> MakeBackend(CpuIsa isa, int threads, bool batch_invariant = false) {
-  auto backend = CpuBackend::Create({.threads = threads, .isa = isa, .batch_invariant = batch_invariant});
+  auto backend =
+      CpuBackend::Create({.threads = threads, .isa = isa, .batch_invariant = batch_invariant});
   EXPECT_TRUE(backend.ok()) << backend.status();
   return backend.ok() ? std::move(*backend) : nullptr;
 }
@@ -319,14 +320,19 @@ void RunCase(WeightFormat format, Shape shape, Fill fill, Activations act, uint3
   const std::vector<float> scale = AbsoluteSums(w.view, x, shape.n);
   for (CpuIsa isa : SupportedIsas()) {
     for (int threads : {1, 3}) {
-      auto backend = MakeBackend(isa, threads);
-      ASSERT_NE(backend, nullptr);
-      std::vector<float> y(shape.n * shape.rows, NAN);
-      backend->Linear(w.view, x.data(), shape.n, y.data());
-      ExpectClose(w.view, want, scale, y,
-                  std::string(CpuIsaName(isa)) + " threads=" + std::to_string(threads) + " " +
-                      FormatName(format) + " [" + std::to_string(shape.rows) + "x" +
-                      std::to_string(shape.cols) + "] n=" + std::to_string(shape.n));
+      // Up to 8 rows both settings run the same kernels.
+      for (bool invariant :
+           shape.n > 8 ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
+        auto backend = MakeBackend(isa, threads, invariant);
+        ASSERT_NE(backend, nullptr);
+        std::vector<float> y(shape.n * shape.rows, NAN);
+        backend->Linear(w.view, x.data(), shape.n, y.data());
+        ExpectClose(w.view, want, scale, y,
+                    std::string(CpuIsaName(isa)) + " threads=" + std::to_string(threads) +
+                        (invariant ? " batch-invariant " : " ") + FormatName(format) + " [" +
+                        std::to_string(shape.rows) + "x" + std::to_string(shape.cols) +
+                        "] n=" + std::to_string(shape.n));
+      }
     }
   }
 }
@@ -636,14 +642,17 @@ namespace {
 // many rows share the call: prefill in chunks of any size and decode give bit-identical results.
 TEST(CpuLinearBatchInvarianceTest, RowsMatchSingleRowCallsBitForBit) {
   const int64_t rows = 300, cols = 512, n = 200;
-  std::vector<uint8_t> fp8(static_cast<size_t>(rows * cols)), scales(static_cast<size_t>(3 * 4), 124);
+  std::vector<uint8_t> fp8(static_cast<size_t>(rows * cols)),
+      scales(static_cast<size_t>(3 * 4), 124);
   std::vector<uint16_t> bf16(static_cast<size_t>(rows * cols));
   uint64_t s = 5;
   auto next = [&] { return (s = s * 6364136223846793005ull + 1442695040888963407ull) >> 33; };
   for (auto& b : fp8) b = static_cast<uint8_t>(next() % 0x7E);
-  for (auto& b : bf16) b = FloatToBf16(static_cast<float>(static_cast<int>(next() % 2001) - 1000) / 1000.0f);
+  for (auto& b : bf16)
+    b = FloatToBf16(static_cast<float>(static_cast<int>(next() % 2001) - 1000) / 1000.0f);
   std::vector<float> x(static_cast<size_t>(n * cols));
-  for (auto& v : x) v = RoundToBf16(static_cast<float>(static_cast<int>(next() % 2001) - 1000) / 250.0f);
+  for (auto& v : x)
+    v = RoundToBf16(static_cast<float>(static_cast<int>(next() % 2001) - 1000) / 250.0f);
   for (CpuIsa isa : {CpuIsa::kGeneric, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16}) {
     if (!CpuIsaSupported(isa)) continue;
     auto backend = CpuBackend::Create({.threads = 2, .isa = isa});
@@ -656,6 +665,32 @@ TEST(CpuLinearBatchInvarianceTest, RowsMatchSingleRowCallsBitForBit) {
         (*backend)->Linear(w, x.data() + i * cols, 1, one.data());
         EXPECT_EQ(std::memcmp(one.data(), all.data() + i * rows, static_cast<size_t>(rows) * 4), 0)
             << CpuIsaName(isa) << " row " << i;
+      }
+    }
+  }
+}
+
+// The same with more columns than one column range of the BF16 dot form and a partial last range,
+// for every format, and with FP4 scales that send some rows to the FP32 kernels.
+TEST(CpuLinearBatchInvarianceTest, ColumnRangesKeepRowsBitForBit) {
+  std::mt19937 rng(1000);
+  const int64_t rows = 70, cols = 2336, n = 41;
+  std::vector<Weights> weights;
+  for (WeightFormat f : {WeightFormat::kFp8Block, WeightFormat::kFp4Block, WeightFormat::kBf16,
+                         WeightFormat::kF32}) {
+    weights.push_back(MakeWeights(f, rows, cols, Fill::kRandom, rng));
+  }
+  for (size_t j = 0; j < weights[1].scale.size(); j += 97) weights[1].scale[j] = 50;
+  const std::vector<float> x = MakeActivations(n, cols, Activations::kBf16Values, rng);
+  for (CpuIsa isa : SupportedIsas()) {
+    auto backend = MakeBackend(isa, 2, /*batch_invariant=*/true);
+    for (const Weights& w : weights) {
+      std::vector<float> all(n * rows), one(rows);
+      backend->Linear(w.view, x.data(), n, all.data());
+      for (int64_t i : {int64_t{0}, int64_t{9}, int64_t{33}, n - 1}) {
+        backend->Linear(w.view, x.data() + i * cols, 1, one.data());
+        EXPECT_EQ(std::memcmp(one.data(), all.data() + i * rows, rows * sizeof(float)), 0)
+            << CpuIsaName(isa) << " " << FormatName(w.view.format) << " row " << i;
       }
     }
   }
