@@ -45,8 +45,10 @@ struct CpuBackendOptions {
   CpuIsa isa = CpuIsa::kAuto;  // kAuto: BestCpuIsa()
   // Every row of a linear gets the same summation order whatever the number of rows (the dot
   // form only), so a prompt prefilled whole, in chunks or token by token gives bit-identical KV
-  // bytes and logits. Off: the strip form for many rows (faster prefill, results that differ
-  // from decode-sized calls in the last bits).
+  // bytes and logits. (With BF16 weights the kernels depend on whether all of a call's
+  // activations are BF16 values, as the model's are; a call mixing in other values sums its
+  // rows in FP32 kernels.) Off: the strip form for many rows, whose results differ from
+  // decode-sized calls in the last bits.
   bool batch_invariant = true;
 };
 
