@@ -23,7 +23,10 @@
 namespace strata::cli {
 namespace {
 
+enum class PromptKind { kText, kChat, kIds };
+
 struct Flags {
+  PromptKind kind = PromptKind::kText;
   std::string model, prompt, chat, prompt_ids, backend = "cpu", dump_logits, dump_layers, system;
   int64_t max_tokens = 64, chunk = 512;
   int threads = 0;
@@ -44,13 +47,13 @@ absl::Status Run(const Flags& f) {
   const engine::ModelConfig& config = weights->config();
 
   std::vector<int32_t> prompt;
-  if (!f.prompt_ids.empty()) {
+  if (f.kind == PromptKind::kIds) {
     for (absl::string_view piece : absl::StrSplit(f.prompt_ids, absl::ByAnyChar(" ,\t\n"), absl::SkipEmpty())) {
       int32_t id;
       if (!absl::SimpleAtoi(piece, &id)) return absl::InvalidArgumentError(absl::StrCat("--prompt-ids: '", piece, "' is not a token id"));
       prompt.push_back(id);
     }
-  } else if (!f.chat.empty()) {
+  } else if (f.kind == PromptKind::kChat) {
     std::vector<engine::ChatMessage> messages;
     if (!f.system.empty()) messages.push_back({"system", f.system});
     messages.push_back({"user", f.chat});
@@ -172,7 +175,7 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
   p->excludes(c)->excludes(ids);
   c->excludes(ids);
   cmd->add_option("--system", f->system, "with --chat: a system prompt");
-  cmd->add_option("--max-tokens", f->max_tokens, "tokens to generate at most")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-tokens", f->max_tokens, "tokens to generate at most")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--temperature", f->temperature, "0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-k", f->top_k, "sample among the k most likely tokens (0 = all)")->capture_default_str();
   cmd->add_option("--top-p", f->top_p, "nucleus sampling mass")->capture_default_str()->check(CLI::Range(0.0, 1.0));
@@ -181,7 +184,9 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--ignore-eos", f->ignore_eos, "keep generating past the end-of-sequence token");
   cmd->add_option("--backend", f->backend, "cpu (cuda when built with it)")->capture_default_str();
   cmd->add_option("--threads", f->threads, "worker threads (default: all cores)");
-  cmd->add_option("--chunk", f->chunk, "prefill chunk size in tokens")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--chunk", f->chunk, "prefill chunk size in tokens")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   cmd->add_option("--dump-logits", f->dump_logits,
                   "write each step's final-position logits as little-endian float32 rows (prompt's last position first)");
   cmd->add_option("--dump-layers", f->dump_layers,
@@ -191,6 +196,7 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
       *exit_code = Fail("generate", "give one of --prompt, --chat or --prompt-ids");
       return;
     }
+    f->kind = ids->count() > 0 ? PromptKind::kIds : c->count() > 0 ? PromptKind::kChat : PromptKind::kText;
     absl::Status status = Run(*f);
     if (!status.ok()) *exit_code = Fail("generate", std::string(status.message()));
   });

@@ -22,7 +22,7 @@ void AddKvSizeCommand(CLI::App& app, int* exit_code) {
   CLI::Option* preset = cmd->add_option("--preset", flags->preset, "tiny, small, flash or pro instead of a model")
                             ->check(CLI::IsMember({"tiny", "small", "flash", "pro"}));
   model->excludes(preset);
-  cmd->add_option("--context", flags->context, "context length in tokens")->required()->check(CLI::PositiveNumber);
+  cmd->add_option("--context", flags->context, "context length in tokens")->required()->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   cmd->callback([flags, exit_code, model, preset] {
     if (model->count() + preset->count() != 1) {
       *exit_code = Fail("kv-size", "give --model DIR or --preset NAME");
