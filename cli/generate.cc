@@ -23,11 +23,11 @@
 namespace strata::cli {
 namespace {
 
-enum class PromptKind { kText, kChat, kIds };
+enum class PromptKind { kText, kFile, kChat, kIds };
 
 struct Flags {
   PromptKind kind = PromptKind::kText;
-  std::string model, prompt, chat, prompt_ids, backend = "cpu", dump_logits, dump_layers, system;
+  std::string model, prompt, prompt_file, chat, prompt_ids, backend = "cpu", dump_logits, dump_layers, system;
   int64_t max_tokens = 64, chunk = 512;
   int threads = 0;
   float temperature = 0.0f, top_p = 1.0f;
@@ -60,7 +60,11 @@ absl::Status Run(const Flags& f) {
     STRATA_ASSIGN_OR_RETURN(std::string text, tokenizer->ApplyChatTemplate(messages, true));
     prompt = tokenizer->Encode(text);
   } else {
-    prompt = tokenizer->Encode(f.prompt);
+    std::string text = f.prompt;
+    if (f.kind == PromptKind::kFile) {
+      STRATA_ASSIGN_OR_RETURN(text, ReadFile(f.prompt_file));
+    }
+    prompt = tokenizer->Encode(text);
     prompt.insert(prompt.begin(), tokenizer->bos_id());
   }
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
@@ -170,10 +174,12 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
                   "and tokens/s go to stderr.");
   cmd->add_option("--model", f->model, "model folder")->required();
   auto* p = cmd->add_option("--prompt", f->prompt, "prompt text (BOS is added)");
+  auto* pf = cmd->add_option("--prompt-file", f->prompt_file, "read the prompt text from a file (BOS is added)");
   auto* c = cmd->add_option("--chat", f->chat, "a user message, wrapped in DeepSeek's chat format");
   auto* ids = cmd->add_option("--prompt-ids", f->prompt_ids, "token ids, fed exactly as given");
-  p->excludes(c)->excludes(ids);
-  c->excludes(ids);
+  p->excludes(c)->excludes(ids)->excludes(pf);
+  c->excludes(ids)->excludes(pf);
+  ids->excludes(pf);
   cmd->add_option("--system", f->system, "with --chat: a system prompt");
   cmd->add_option("--max-tokens", f->max_tokens, "tokens to generate at most")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--temperature", f->temperature, "0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
@@ -191,12 +197,15 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
                   "write each step's final-position logits as little-endian float32 rows (prompt's last position first)");
   cmd->add_option("--dump-layers", f->dump_layers,
                   "write ids.npy and X0.npy … X{L}.npy: the residual streams entering each layer for the prompt");
-  cmd->callback([f, exit_code, p, c, ids] {
-    if (p->count() + c->count() + ids->count() != 1) {
-      *exit_code = Fail("generate", "give one of --prompt, --chat or --prompt-ids");
+  cmd->callback([f, exit_code, p, pf, c, ids] {
+    if (p->count() + pf->count() + c->count() + ids->count() != 1) {
+      *exit_code = Fail("generate", "give one of --prompt, --prompt-file, --chat or --prompt-ids");
       return;
     }
-    f->kind = ids->count() > 0 ? PromptKind::kIds : c->count() > 0 ? PromptKind::kChat : PromptKind::kText;
+    f->kind = ids->count() > 0  ? PromptKind::kIds
+              : c->count() > 0  ? PromptKind::kChat
+              : pf->count() > 0 ? PromptKind::kFile
+                                : PromptKind::kText;
     absl::Status status = Run(*f);
     if (!status.ok()) *exit_code = Fail("generate", std::string(status.message()));
   });

@@ -30,7 +30,11 @@ done
 cmp -s "$work/a.txt" "$work/b.txt" || fail "greedy text differs between runs"
 cmp -s "$work/a.f32" "$work/b.f32" || fail "logits differ between --chunk 512 and --chunk 7"
 
-# Chat and plain prompts stream text.
+# Chat, plain and file prompts stream text.
+printf 'A long document, read from a file.' >"$work/prompt.txt"
+"$strata" generate --model "$model" --prompt-file "$work/prompt.txt" --max-tokens 3 2>"$work/f.err" >/dev/null ||
+  fail "--prompt-file failed"
+grep -q "prompt 10 tokens" "$work/f.err" || fail "--prompt-file: $(cat "$work/f.err")"
 "$strata" generate --model "$model" --chat "Hello" --max-tokens 4 >/dev/null 2>&1 || fail "--chat failed"
 
 # Bad input: clear errors, non-zero exit.
