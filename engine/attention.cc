@@ -219,12 +219,7 @@ void AttentionLayer::SelectTopK(const StepSequenceRef& s, const Projections& p, 
         const float* q = p.qi.data() + row * ih * ic;
         const float* w = p.wi.data() + row * ih;
         float* out = scores.data() + i * max_visible;
-        for (int64_t j = j0; j < visible; ++j) {
-          const float* key = keys.data() + (j - j0) * ic;
-          float score = 0;
-          for (int64_t head = 0; head < ih; ++head) score += w[head] * std::max(Dot(q + head * ic, key, ic), 0.0f);
-          out[j] = score;
-        }
+        if (visible > j0) IndexerScores(q, w, ih, keys.data(), visible - j0, ic, out + j0);
       }
     });
     threads_.ParallelFor(static_cast<size_t>(count), [&](size_t i) {

@@ -1,5 +1,6 @@
 #include "engine/model_ops.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/numerics.h"
@@ -97,6 +98,27 @@ STRATA_CLONES float Dot(const float* a, const float* b, int64_t n) {
   float sum = 0;
   for (int j = 0; j < 16; ++j) sum += acc[j];
   return sum;
+}
+
+STRATA_CLONES void IndexerScores(const float* q, const float* w, int64_t heads, const float* keys, int64_t count,
+                                int64_t dim, float* out) {
+  for (int64_t j = 0; j < count; ++j) {
+    const float* key = keys + j * dim;
+    float score = 0;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* qh = q + h * dim;
+      float acc[16] = {};
+      int64_t i = 0;
+      for (; i + 16 <= dim; i += 16) {
+        for (int l = 0; l < 16; ++l) acc[l] += qh[i + l] * key[i + l];
+      }
+      for (; i < dim; ++i) acc[i & 15] += qh[i] * key[i];
+      float dot = 0;
+      for (int l = 0; l < 16; ++l) dot += acc[l];
+      score += w[h] * std::max(dot, 0.0f);
+    }
+    out[j] = score;
+  }
 }
 
 STRATA_CLONES void Axpy(float alpha, const float* x, float* y, int64_t n) {

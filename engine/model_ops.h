@@ -53,6 +53,10 @@ float HcRho(const float* streams, int64_t n, double eps);
 // Σ a[i]·b[i] in FP32 with 16 partial sums (a fixed order: the same result for the same inputs
 // whatever the batch), vectorised for the CPU it runs on.
 float Dot(const float* a, const float* b, int64_t n);
+// The lightning indexer's scores of `count` keys [count][dim]: out[j] = Σ_h w[h]·ReLU(q_h·k_j),
+// heads in order, each dot product with Dot's summation order. One call per slice of keys.
+void IndexerScores(const float* q, const float* w, int64_t heads, const float* keys, int64_t count, int64_t dim,
+                   float* out);
 // y[i] += alpha · x[i]
 void Axpy(float alpha, const float* x, float* y, int64_t n);
 
