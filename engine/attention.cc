@@ -25,9 +25,7 @@ AttentionLayer::AttentionLayer(const ModelConfig& config, const LayerWeights& we
                                const KvLayout& kv_layout, const Rope& rope, Backend& backend, ThreadPool& threads)
     : c_(config),
       w_(weights),
-      layer_(layer),
       kv_(kv_layout.layers()[static_cast<size_t>(layer)]),
-      layout_(kv_layout),
       rope_(rope),
       backend_(backend),
       threads_(threads),
@@ -35,8 +33,8 @@ AttentionLayer::AttentionLayer(const ModelConfig& config, const LayerWeights& we
       index_codec_{config.index_head_dim, kv_layout.indexer_entry_bytes()} {}
 
 void AttentionLayer::Project(const StepLayout& step, const float* h, Projections& p) {
-  const int64_t T = step.rows(), d = c_.hidden_size, H = c_.num_attention_heads, hd = c_.head_dim;
-  const int64_t ql = c_.q_lora_rank, r = c_.qk_rope_head_dim, nope = c_.nope_dim();
+  const int64_t T = step.rows(), H = c_.num_attention_heads, hd = c_.head_dim;
+  const int64_t ql = c_.q_lora_rank, nope = c_.nope_dim();
   const double eps = c_.rms_norm_eps;
 
   std::vector<float> qa(static_cast<size_t>(T * ql));
@@ -65,7 +63,6 @@ void AttentionLayer::Project(const StepLayout& step, const float* h, Projections
     rope_.Apply(kv + nope, pos, false);
     main_codec_.Encode(kv, p.kv_bytes.data() + static_cast<int64_t>(t) * main_codec_.bytes);
   });
-  (void)r;
 
   auto compressor_inputs = [&](const CompressorWeights& cw, std::vector<float>& a, std::vector<float>& z) {
     a.resize(static_cast<size_t>(T * cw.width));
@@ -100,7 +97,6 @@ void AttentionLayer::Project(const StepLayout& step, const float* h, Projections
       for (int64_t head = 0; head < ih; ++head) wt[head] = RoundToBf16(RoundToBf16(wt[head]) * factor);
     });
   }
-  (void)d;
 }
 
 // Pools one compressed entry from the carried rows and writes it into its block.
@@ -344,8 +340,6 @@ void AttentionLayer::Forward(const StepLayout& step, const float* h, KvPool& poo
   }
   backend_.Linear(w_.wo_b, r.data(), T, y);
   RoundBf16(y, T * c_.hidden_size);
-  (void)layer_;
-  (void)layout_;
 }
 
 }  // namespace strata::engine

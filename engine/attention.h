@@ -62,9 +62,7 @@ class AttentionLayer {
 
   const ModelConfig& c_;
   const LayerWeights& w_;
-  const int64_t layer_;
   const LayerKvLayout& kv_;
-  const KvLayout& layout_;
   const Rope& rope_;
   Backend& backend_;
   ThreadPool& threads_;

@@ -26,6 +26,16 @@ enum class WeightFormat : uint8_t {
   kFp4Block,  // data: packed E2M1 [rows, cols/2] (element 2i low nibble); scale: UE8M0 [rows, cols/32]
 };
 
+inline absl::string_view WeightFormatName(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::kBf16: return "bf16";
+    case WeightFormat::kF32: return "f32";
+    case WeightFormat::kFp8Block: return "fp8";
+    case WeightFormat::kFp4Block: return "fp4";
+  }
+  return "?";
+}
+
 // A weight matrix y = W x with W of shape [rows (out), cols (in)], as the checkpoint stores it.
 // Borrowed: the memory belongs to the checkpoint (mmap) or the backend.
 struct WeightView {

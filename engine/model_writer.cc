@@ -65,10 +65,6 @@ void FillNormal(float* out, int64_t n, uint64_t seed, uint64_t name_hash, float 
 
 float FanInStd(int64_t fan_in) { return 1.0f / std::sqrt(static_cast<float>(fan_in)); }
 
-struct Generated {
-  std::vector<uint8_t> bytes;
-};
-
 // Generates the bytes of one tensor. FP8/FP4 weights also produce their scale tensor's bytes,
 // which the caller stores under the paired ".scale" spec.
 class TensorGenerator {

@@ -245,19 +245,7 @@ WeightCopies MakeWeights(WeightFormat format, int64_t rows, int64_t cols, int co
   return w;
 }
 
-std::string FormatName(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::kBf16:
-      return "bf16";
-    case WeightFormat::kF32:
-      return "f32";
-    case WeightFormat::kFp8Block:
-      return "fp8";
-    case WeightFormat::kFp4Block:
-      return "fp4";
-  }
-  return "?";
-}
+std::string FormatName(WeightFormat f) { return std::string(WeightFormatName(f)); }
 
 struct Case {
   std::string name;

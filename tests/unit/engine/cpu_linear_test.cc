@@ -294,19 +294,7 @@ void ExpectClose(const WeightView& w, const std::vector<float>& want,
   }
 }
 
-std::string FormatName(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::kBf16:
-      return "bf16";
-    case WeightFormat::kF32:
-      return "f32";
-    case WeightFormat::kFp8Block:
-      return "fp8";
-    case WeightFormat::kFp4Block:
-      return "fp4";
-  }
-  return "?";
-}
+std::string FormatName(WeightFormat f) { return std::string(WeightFormatName(f)); }
 
 struct Shape {
   int64_t rows, cols, n;
