@@ -12,3 +12,12 @@ find_package(GTest CONFIG REQUIRED)
 find_package(benchmark CONFIG REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+
+# ---- serving (issue 4): RPC, data plane, registry, HTTP front, metrics ----------------------------
+find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_program(STRATA_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
+pkg_check_modules(UCX REQUIRED IMPORTED_TARGET ucx)
+pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
+find_package(Boost 1.74 REQUIRED)
+find_package(prometheus-cpp CONFIG REQUIRED)

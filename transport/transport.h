@@ -1,0 +1,105 @@
+// The data plane between services (DESIGN.md §4): one-sided puts and gets into memory a peer has
+// registered (KV blocks, expert activations) and small active messages. A peer is addressed by
+// the opaque string its Transport::address() returns; that string, and the RemoteRegion of a
+// registration, travel between services over gRPC (as `bytes`).
+//
+// Implementations: UcxTransport (UCP: shm/cma on one host, tcp or verbs across hosts),
+// InProcTransport (same process, for hermetic tests and the colocated server) and FaultyTransport
+// (wraps another and drops, delays or fails operations, for reliability tests).
+//
+// Threading: every method may be called from any thread. Completions and message handlers run on
+// the transport's progress thread: they must not block and must not wait on other transport
+// operations. Each operation's completion is called exactly once, also when the transport or the
+// endpoint is destroyed first (then with an error).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace strata::transport {
+
+// What a peer needs to write into or read from a registered region. `key` is the packed remote
+// key (UCX rkey) or the implementation's equivalent; it is opaque to callers.
+struct RemoteRegion {
+  uint64_t address = 0;
+  uint64_t length = 0;
+  std::string key;
+};
+
+// A registered local region. Unregisters on destruction; operations in flight on it must have
+// completed first.
+class MemoryRegistration {
+ public:
+  virtual ~MemoryRegistration() = default;
+  virtual RemoteRegion Describe() const = 0;
+};
+
+using Completion = std::function<void(absl::Status)>;
+
+// A connection to one peer. Operations on one endpoint are issued in order; a Put's completion
+// means the bytes are in the peer's memory (visible to the peer once it receives any later
+// message or Flush completion on this endpoint).
+class Endpoint {
+ public:
+  virtual ~Endpoint() = default;
+
+  // Copies `len` bytes from `local` (inside a region registered with this transport) to
+  // `remote.address + remote_offset`. Fails (through `done`) if the range leaves `remote`.
+  virtual void Put(const void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset, Completion done) = 0;
+  virtual void Get(void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset, Completion done) = 0;
+  // Delivers `payload` (small: ≤ 64 KiB) to the peer's handler for `id`, after every Put issued
+  // before it on this endpoint has landed.
+  virtual void Send(uint16_t id, std::string_view payload, Completion done) = 0;
+  // Completes when every operation issued before it on this endpoint has completed remotely.
+  virtual void Flush(Completion done) = 0;
+  virtual const std::string& peer() const = 0;
+};
+
+class Transport {
+ public:
+  using MessageHandler = std::function<void(std::string_view payload)>;
+
+  virtual ~Transport() = default;
+
+  virtual std::string name() const = 0;  // "ucx", "inproc", "faulty(ucx)"
+  // This transport's address for peers' Connect().
+  virtual std::string address() const = 0;
+  virtual absl::StatusOr<std::unique_ptr<MemoryRegistration>> Register(void* base, size_t len) = 0;
+  virtual absl::StatusOr<std::shared_ptr<Endpoint>> Connect(const std::string& peer_address) = 0;
+  // Handler for messages with `id`; set before peers send them. Runs on the progress thread.
+  virtual void SetMessageHandler(uint16_t id, MessageHandler handler) = 0;
+};
+
+// Blocking helpers for callers that are not on the progress thread.
+absl::Status PutSync(Endpoint& ep, const void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset);
+absl::Status GetSync(Endpoint& ep, void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset);
+absl::Status FlushSync(Endpoint& ep);
+
+struct UcxOptions {
+  // UCX_TLS-style list ("" = UCX's default choice, e.g. "tcp", "shm,cma", "rc,sm").
+  std::string transports;
+};
+absl::StatusOr<std::unique_ptr<Transport>> MakeUcxTransport(const UcxOptions& options);
+
+// In-process transports see each other through a fabric (addresses are names within it).
+class InProcFabric;
+std::shared_ptr<InProcFabric> MakeInProcFabric();
+std::unique_ptr<Transport> MakeInProcTransport(std::shared_ptr<InProcFabric> fabric);
+
+struct FaultOptions {
+  double drop_probability = 0;       // operations not performed; their completion reports Unavailable("dropped")
+  absl::Duration delay;              // added before each operation is issued (off the caller's thread)
+  int64_t fail_after = -1;           // operations after the first N fail with Unavailable (-1: never)
+  uint64_t seed = 1;
+};
+std::unique_ptr<Transport> MakeFaultyTransport(std::unique_ptr<Transport> inner, const FaultOptions& options);
+
+}  // namespace strata::transport
