@@ -4,9 +4,81 @@
 
 #include "absl/strings/str_cat.h"
 #include "bench/engine_bench.h"
+#include "bench/kv_transfer_bench.h"
+#include "bench/serve_bench.h"
 #include "cli/commands.h"
 
 namespace strata::cli {
+namespace {
+
+// `strata bench serve`: load on a running router (or any OpenAI-compatible server).
+void AddBenchServeCommand(CLI::App* bench, int* exit_code) {
+  auto o = std::make_shared<bench::ServeBenchOptions>();
+  CLI::App* serve = bench->add_subcommand(
+      "serve", "OpenAI API load: TTFT, TPOT, ITL, end-to-end latency and throughput of streamed "
+               "completions against a running router.");
+  serve->add_option("--url", o->url, "server root, http://host:port")->capture_default_str();
+  serve->add_option("--api-key", o->api_key, "sent as a Bearer token");
+  serve->add_option("--model", o->model, "model name (default: the first one /v1/models lists)");
+  serve->add_option("--endpoint", o->endpoint, "completions or chat")
+      ->check(CLI::IsMember({"completions", "chat"}))
+      ->capture_default_str();
+  CLI::Option* concurrency =
+      serve->add_option("--concurrency", o->concurrency, "closed loop: requests in flight")
+          ->capture_default_str();
+  serve->add_option("--request-rate", o->request_rate, "open loop: Poisson arrivals, requests/s")
+      ->excludes(concurrency);
+  serve->add_option("--num-requests", o->num_requests, "measured requests")->capture_default_str();
+  serve->add_option("--prompt-tokens", o->prompt_tokens, "prompt length in tokens")
+      ->capture_default_str();
+  serve->add_option("--output-tokens", o->output_tokens, "max_tokens, with ignore_eos")
+      ->capture_default_str();
+  serve->add_flag("--text-prompt", o->text_prompt,
+                  "completions: send words (about one token each) instead of token ids");
+  serve->add_option("--warmup", o->warmup, "requests sent before the measured run")
+      ->capture_default_str();
+  serve->add_option("--seed", o->seed, "prompts and arrival times")->capture_default_str();
+  serve->add_option("--timeout", o->timeout_s, "per request, seconds")->capture_default_str();
+  serve->add_option("--io-threads", o->io_threads, "client threads")->capture_default_str();
+  serve->add_option("--label", o->label, "figure name prefix in bench/results/serve.tsv");
+  serve->callback([o, exit_code] {
+    absl::StatusOr<bench::ServeBenchResult> result = bench::RunServeBench(*o);
+    if (!result.ok()) {
+      *exit_code = Fail("bench serve", std::string(result.status().message()));
+      return;
+    }
+    bench::PrintServeBench(*result);
+    if (result->completed == 0) {
+      *exit_code = Fail("bench serve", absl::StrCat("all ", result->failed, " requests failed: ",
+                                                    result->errors.front().first));
+      return;
+    }
+    bench::ReportServeBench(*result, "serve");
+  });
+}
+
+// `strata bench kv-transfer`: KV puts into a peer process over UCX next to ucx_perftest.
+void AddBenchKvTransferCommand(CLI::App* bench, int* exit_code) {
+  auto o = std::make_shared<bench::KvTransferBenchOptions>();
+  CLI::App* kv = bench->add_subcommand(
+      "kv-transfer", "KV transfer: a stream of UCX puts into a forked peer's registered memory, GB/s next to "
+                     "ucx_perftest ucp_put_bw on the same transports and sizes (target: 80%).");
+  kv->add_option("--transport-tls", o->transports,
+                 "UCX_TLS settings, each run on its own (repeat the flag, or separate by spaces)")
+      ->capture_default_str();
+  kv->add_option("--size", o->sizes,
+                 "message bytes, comma-separated (default: 64 KiB, 1 MiB and one small-preset KV block)")
+      ->delimiter(',');
+  kv->add_option("--total-bytes", o->total_bytes, "bytes streamed per case")->capture_default_str();
+  kv->add_option("--window", o->window, "puts in flight")->capture_default_str();
+  kv->add_option("--ucx-perftest", o->perftest, "the reference tool")->capture_default_str();
+  kv->callback([o, exit_code] {
+    absl::Status status = bench::RunKvTransferBench(*o);
+    if (!status.ok()) *exit_code = Fail("bench kv-transfer", std::string(status.message()));
+  });
+}
+
+}  // namespace
 
 void AddBenchCommand(CLI::App& app, int* exit_code) {
   CLI::App* bench = app.add_subcommand("bench", "Run a benchmark; figures are recorded in bench/results/.");
@@ -35,6 +107,8 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
     absl::Status status = bench::RunEngineBench(*o);
     if (!status.ok()) *exit_code = Fail("bench engine", std::string(status.message()));
   });
+  AddBenchServeCommand(bench, exit_code);
+  AddBenchKvTransferCommand(bench, exit_code);
 }
 
 }  // namespace strata::cli

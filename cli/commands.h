@@ -21,5 +21,9 @@ void AddTokenizeCommands(CLI::App& app, int* exit_code);
 void AddKvSizeCommand(CLI::App& app, int* exit_code);
 void AddGenerateCommand(CLI::App& app, int* exit_code);
 void AddBenchCommand(CLI::App& app, int* exit_code);
+void AddWorkerCommands(CLI::App& app, int* exit_code);   // prefill, decode
+void AddRouterCommands(CLI::App& app, int* exit_code);   // router, serve --colocated
+// strata up: the whole cluster on this machine (cli/up.cc).
+void AddUpCommand(CLI::App& app, int* exit_code);
 
 }  // namespace strata::cli

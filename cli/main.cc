@@ -42,6 +42,9 @@ int main(int argc, char** argv) {
   strata::cli::AddKvSizeCommand(app, &exit_code);
   strata::cli::AddGenerateCommand(app, &exit_code);
   strata::cli::AddBenchCommand(app, &exit_code);
+  strata::cli::AddWorkerCommands(app, &exit_code);
+  strata::cli::AddRouterCommands(app, &exit_code);
+  strata::cli::AddUpCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

@@ -25,7 +25,7 @@
 namespace strata::registry {
 
 struct Load {
-  int64_t queued_tokens = 0;     // prompt tokens waiting for prefill / requests waiting for admission
+  int64_t queued_tokens = 0;  // prompt tokens waiting for prefill / requests waiting for admission
   int64_t running_requests = 0;
   int64_t free_kv_blocks = 0;
   int64_t total_kv_blocks = 0;
@@ -60,7 +60,7 @@ std::unique_ptr<Registry> MakeInMemoryRegistry(Clock& clock);
 struct RedisOptions {
   std::string host = "127.0.0.1";
   int port = 6379;
-  std::string cluster = "default";    // key namespace
+  std::string cluster = "default";  // key namespace
   absl::Duration timeout = absl::Seconds(2);
 };
 // Connects lazily and reconnects after errors; calls fail with Unavailable while Redis is down.
@@ -68,17 +68,20 @@ absl::StatusOr<std::unique_ptr<Registry>> MakeRedisRegistry(const RedisOptions& 
 // "host:port" → options (port defaults to 6379).
 absl::StatusOr<RedisOptions> ParseRedisAddress(std::string_view address);
 
-// Keeps one record registered: Put() every lease/3 with the load from `load`, until destroyed,
-// then Remove(). Failures are logged and retried; they never stop the service.
+// Keeps one record registered: Put() every lease/3 with the load from `load` (may be null: the
+// record's own load is kept), until destroyed, then Remove(). Failures are logged and retried; they
+// never stop the service. `load` runs on the heartbeat's thread. Destruction returns promptly (it
+// does not wait out the period); a heartbeat that never started successfully removes nothing.
 class Heartbeat {
  public:
-  Heartbeat(Registry& registry, ServiceRecord record, absl::Duration lease, std::function<Load()> load, Clock& clock = Clock::Real());
+  Heartbeat(Registry& registry, ServiceRecord record, absl::Duration lease,
+            std::function<Load()> load, Clock& clock = Clock::Real());
   ~Heartbeat();
   // Registers once synchronously: a service reports ready only after this succeeded.
   absl::Status Start();
 
  private:
-  void Loop();
+  void Loop(absl::Time first_renewal);
   Registry& registry_;
   ServiceRecord record_;
   const absl::Duration lease_;

@@ -45,8 +45,8 @@ class MemoryRegistration {
 using Completion = std::function<void(absl::Status)>;
 
 // A connection to one peer. Operations on one endpoint are issued in order; a Put's completion
-// means the bytes are in the peer's memory (visible to the peer once it receives any later
-// message or Flush completion on this endpoint).
+// means the bytes are in the peer's memory (so the peer may be told by any channel once it has
+// run), and a message sent after a Put is delivered after the Put's bytes landed.
 class Endpoint {
  public:
   virtual ~Endpoint() = default;
@@ -86,6 +86,11 @@ absl::Status FlushSync(Endpoint& ep);
 struct UcxOptions {
   // UCX_TLS-style list ("" = UCX's default choice, e.g. "tcp", "shm,cma", "rc,sm").
   std::string transports;
+  // Endpoints report a vanished peer as errors on its operations (UCP_ERR_HANDLING_MODE_PEER).
+  // UCX 1.13 offers that only on transports with peer-failure support (tcp, verbs), not on shared
+  // memory or cma: with "shm,cma" it must be false, and then a peer that dies may leave operations
+  // to it hanging (or UCX may abort), so use it only where peers live and die together.
+  bool peer_failure_detection = true;
 };
 absl::StatusOr<std::unique_ptr<Transport>> MakeUcxTransport(const UcxOptions& options);
 

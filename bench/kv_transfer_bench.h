@@ -1,0 +1,32 @@
+// `strata bench kv-transfer`: how fast the transport streams KV bytes into a peer process's
+// registered memory, next to `ucx_perftest -t ucp_put_bw` on the same UCX transports and message
+// sizes (DESIGN.md §8: at least 80% of it). Recorded in bench/results/kv_transfer.tsv.
+//
+// The peer is a forked process that registers a receive buffer and passes its address and region
+// back over a pipe; this process then keeps `window` puts in flight, as a prefill worker pushing
+// KV into a decode worker does, and times the stream up to the flush that makes it visible.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace strata::bench {
+
+struct KvTransferBenchOptions {
+  // UCX_TLS settings, each run separately (and given to ucx_perftest as UCX_TLS). On transports
+  // without peer-failure support (shared memory, cma) the transport runs without it.
+  std::vector<std::string> transports = {"tcp", "shm,cma"};
+  // Put sizes in bytes; empty: 64 KiB, 1 MiB and one KV block of the "small" preset.
+  std::vector<int64_t> sizes;
+  int64_t total_bytes = int64_t{1} << 30;  // streamed per (transports, size), after a warm-up
+  int window = 16;                         // puts in flight
+  std::string perftest = "ucx_perftest";   // the reference tool, from PATH unless a path
+};
+
+// Must be called before this process has started UCX (the peer is forked from it).
+absl::Status RunKvTransferBench(const KvTransferBenchOptions& options);
+
+}  // namespace strata::bench

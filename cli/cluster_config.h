@@ -1,0 +1,101 @@
+// The cluster file (deploy/local/cluster.yaml): the services a cluster has, where each listens and
+// its settings. `strata up` reads it to start a whole cluster on one machine; each service command
+// (`strata router|prefill|decode --config FILE [--index I]`) reads the same file to find its own
+// settings and its peers.
+//
+//   STRATA_ASSIGN_OR_RETURN(ClusterConfig config, LoadClusterConfig("deploy/local/cluster.yaml"));
+//   ServiceEndpoints me = config.DecodeEndpoints(index);   // me.grpc_address(), me.http_port
+//
+// Parsing is strict: an unknown key, a value of the wrong type or out of range, or two services on
+// one port is an error naming the file, the line and the key.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace strata::cli {
+
+struct ApiKey {
+  std::string key;
+  std::string tenant;
+};
+
+struct RouterSettings {
+  std::string host = "127.0.0.1";
+  int http_port = 8000;               // OpenAI API, /metrics, /healthz
+  int grpc_port = 8001;               // strata.v1.Api
+  std::string policy = "least_load";  // round_robin | least_load
+  int max_inflight = 256;
+  std::vector<ApiKey> api_keys;
+};
+
+struct PrefillSettings {
+  int count = 1;
+  std::string host = "127.0.0.1";
+  int base_port = 8100;  // worker i: gRPC on base_port + 2i, HTTP on base_port + 2i + 1
+  int threads = 1;
+  int chunk_tokens = 512;
+  int kv_blocks = 1024;
+};
+
+struct DecodeSettings {
+  int count = 1;
+  std::string host = "127.0.0.1";
+  int base_port = 8200;
+  int threads = 1;
+  int kv_blocks = 4096;
+  int max_batch = 32;
+  int max_queue = 256;
+};
+
+// Where one service listens.
+struct ServiceEndpoints {
+  std::string name;  // "router", "prefill-0", "decode-1": log prefix, base of its registry id
+  std::string role;  // "router", "prefill" or "decode"
+  int index = 0;
+  std::string host;
+  int grpc_port = 0;
+  int http_port = 0;  // /metrics and /healthz (the router's OpenAI API too)
+
+  std::string grpc_address() const;  // host:port
+  std::string http_address() const;
+};
+
+struct ClusterConfig {
+  std::string source;               // the file it was read from, for messages
+  std::string cluster = "local";    // Redis key namespace
+  std::string model;                // model folder; `--model` overrides
+  std::string model_name;           // name clients pass as "model"; see ServedModelName()
+  std::string redis;                // host:port of an existing Redis; empty: a private one
+  int redis_port = 6390;            // port of the private redis-server
+  std::string transport = "ucx";    // ucx | inproc
+  std::string ucx_tls;              // UCX_TLS for the KV transfer; empty: UCX's choice
+  std::string log_format = "text";  // text | json
+  RouterSettings router;
+  PrefillSettings prefill;
+  DecodeSettings decode;
+
+  // `model_name`, or the model folder's base name when that is empty.
+  std::string ServedModelName() const;
+  // True when `strata up` starts its own redis-server (no `redis` given).
+  bool private_redis() const { return redis.empty(); }
+  // `redis`, or 127.0.0.1:redis_port for the private one.
+  std::string RedisAddress() const;
+
+  ServiceEndpoints RouterEndpoints() const;
+  ServiceEndpoints PrefillEndpoints(int index) const;  // 0 <= index < prefill.count
+  ServiceEndpoints DecodeEndpoints(int index) const;   // 0 <= index < decode.count
+  // `role` ("router", "prefill", "decode") number `index`, or an error naming the valid range.
+  absl::StatusOr<ServiceEndpoints> Endpoints(absl::string_view role, int index) const;
+  // The router, then every prefill worker, then every decode worker.
+  std::vector<ServiceEndpoints> AllServices() const;
+};
+
+absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
+absl::StatusOr<ClusterConfig> ParseClusterConfig(absl::string_view yaml,
+                                                 const std::string& source_name);
+
+}  // namespace strata::cli

@@ -1,0 +1,47 @@
+// What every long-running service command (`strata router|prefill|decode|serve`) shares: shutdown
+// on SIGINT/SIGTERM, the /metrics + /healthz HTTP surface, the gRPC server and the registry lease.
+//
+// Threading: BlockShutdownSignals() must run in main() before any thread starts (threads inherit
+// the mask, so only WaitForShutdownSignal() ever sees the signals); the rest is thread-safe.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cli/cluster_config.h"
+#include "common/http_server.h"
+#include "grpcpp/grpcpp.h"
+#include "prometheus/registry.h"
+#include "registry/registry.h"
+
+namespace strata::cli {
+
+void BlockShutdownSignals();
+// Returns the signal that arrived (SIGINT or SIGTERM).
+int WaitForShutdownSignal();
+
+// Prometheus text for the registry.
+std::string RenderMetrics(prometheus::Registry& registry);
+
+// /metrics (after `refresh` updates the gauges) and /healthz on host:port.
+absl::StatusOr<std::unique_ptr<HttpServer>> StartMetricsServer(const std::string& host, int port,
+                                                               std::shared_ptr<prometheus::Registry> metrics,
+                                                               std::function<void()> refresh);
+
+// A gRPC server on `address` with `services`; fails with the address when it cannot bind.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& address,
+                                                              const std::vector<grpc::Service*>& services);
+
+// The cluster's registry: Redis at `redis` (host:port), keys under `cluster`.
+absl::StatusOr<std::unique_ptr<registry::Registry>> ConnectRegistry(const std::string& redis, const std::string& cluster);
+
+// A unique registry id for this process: "<name>-<pid>".
+std::string ServiceId(const std::string& name);
+
+// The lease every service holds; the router drops a service within about this long of its death.
+inline constexpr absl::Duration kServiceLease = absl::Seconds(3);
+
+}  // namespace strata::cli

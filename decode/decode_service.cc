@@ -1,0 +1,221 @@
+#include "decode/decode_service.h"
+
+#include <atomic>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/grpc_status.h"
+#include "spdlog/spdlog.h"
+
+namespace strata::decode {
+namespace {
+
+v1::FinishReason ToProto(Finish f) {
+  switch (f) {
+    case Finish::kStop: return v1::FINISH_REASON_STOP;
+    case Finish::kLength: return v1::FINISH_REASON_LENGTH;
+    case Finish::kNone: break;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+// The prefill call of one request: owned jointly by the reactor (to cancel it) and gRPC's
+// completion callback.
+struct PrefillCall {
+  grpc::ClientContext context;
+  v1::PrefillRequest request;
+  v1::PrefillReply reply;
+};
+
+// One Decode.Generate stream. Scheduler events are coalesced into the next write while one is in
+// flight. The reactor finishes only after the scheduler's final event, so every scheduler
+// callback runs while it is alive; gRPC deletes it in OnDone.
+class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
+ public:
+  GenerateReactor(DecodeService& service, grpc::CallbackServerContext* context, const v1::DecodeRequest& request)
+      : service_(service), id_(request.request_id()) {
+    // Tells the router that whatever status ends this stream came from a live decode worker (a
+    // crashed one sends no trailers), so it does not take this worker out of rotation.
+    context->AddTrailingMetadata("strata-served-by", "decode");
+    Request r;
+    r.id = request.request_id();
+    r.prompt.assign(request.prompt().begin(), request.prompt().end());
+    r.max_tokens = request.max_tokens();
+    r.sampling = {.temperature = request.sampling().temperature(),
+                  .top_k = request.sampling().top_k(),
+                  .top_p = request.sampling().top_p() == 0 ? 1.0f : request.sampling().top_p(),
+                  .seed = request.sampling().seed()};
+    r.ignore_eos = request.ignore_eos();
+    r.logprobs = request.logprobs();
+    // The prompt's last token is always computed here (its logits give the first token).
+    if (!request.prefill_address().empty() && r.prompt.size() > 1) {
+      r.remote_prefill_tokens = static_cast<int64_t>(r.prompt.size()) - 1;
+      prefill_address_ = request.prefill_address();
+      traceparent_ = request.traceparent();
+    }
+    Callbacks callbacks;
+    if (r.remote_prefill_tokens > 0) {
+      std::vector<int32_t> tokens(r.prompt.begin(), r.prompt.end() - 1);
+      callbacks.on_admitted = [this, tokens = std::move(tokens)](const Admission& a) { StartPrefill(a, tokens); };
+    }
+    callbacks.on_event = [this](Event e) { OnEvent(std::move(e)); };
+    absl::Status submitted = service_.scheduler().Submit(std::move(r), std::move(callbacks));
+    if (!submitted.ok()) {
+      Finish(proto::ToGrpc(submitted));
+      return;
+    }
+  }
+
+  void OnCancel() override {
+    service_.scheduler().Cancel(id_);
+    absl::MutexLock lock(&mu_);
+    if (prefill_) prefill_->context.TryCancel();
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) {
+      // The stream broke: nobody will read more. Cancel; the final event still comes.
+      broken_ = true;
+      service_.scheduler().Cancel(id_);
+    }
+    WriteLocked();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void StartPrefill(const Admission& admission, const std::vector<int32_t>& tokens) {
+    auto call = std::make_shared<PrefillCall>();
+    call->request.set_request_id(id_);
+    call->request.mutable_tokens()->Add(tokens.begin(), tokens.end());
+    call->request.set_traceparent(traceparent_);
+    service_.FillTarget(admission, call->request.mutable_target());
+    call->context.set_deadline(std::chrono::system_clock::now() +
+                               absl::ToChronoMilliseconds(service_.options().prefill_timeout));
+    if (!traceparent_.empty()) call->context.AddMetadata("traceparent", traceparent_);
+    {
+      absl::MutexLock lock(&mu_);
+      prefill_ = call;
+    }
+    auto stub = service_.PrefillStub(prefill_address_);
+    Scheduler* scheduler = &service_.scheduler();
+    std::string id = id_, address = prefill_address_;
+    stub->async()->Prefill(&call->context, &call->request, &call->reply,
+                           [call, scheduler, id, address](grpc::Status s) {
+                             absl::Status status = proto::FromGrpc(s);
+                             if (!status.ok()) {
+                               status = Annotate(status, absl::StrCat("prefill worker ", address));
+                               spdlog::warn("request {}: {}", id, status.ToString());
+                             }
+                             scheduler->Landed(id, status);
+                           });
+  }
+
+  void OnEvent(Event e) {
+    absl::MutexLock lock(&mu_);
+    pending_.mutable_token_ids()->Add(e.tokens.begin(), e.tokens.end());
+    pending_.mutable_logprobs()->Add(e.logprobs.begin(), e.logprobs.end());
+    has_pending_ = has_pending_ || !e.tokens.empty();
+    if (e.done) {
+      done_ = true;
+      final_status_ = e.status;
+      pending_.set_finish_reason(ToProto(e.finish));
+      has_pending_ = has_pending_ || e.finish != Finish::kNone;
+    }
+    WriteLocked();
+  }
+
+  void WriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || finished_) return;
+    if (done_ && (broken_ || !final_status_.ok())) {
+      finished_ = true;
+      Finish(final_status_.ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "stream broken")
+                                : proto::ToGrpc(final_status_));
+      return;
+    }
+    if (!has_pending_ || broken_) return;
+    current_.Swap(&pending_);
+    pending_.Clear();
+    has_pending_ = false;
+    writing_ = true;
+    if (done_) {
+      finished_ = true;
+      StartWriteAndFinish(&current_, grpc::WriteOptions(), grpc::Status::OK);
+    } else {
+      StartWrite(&current_);
+    }
+  }
+
+  DecodeService& service_;
+  const std::string id_;
+  std::string prefill_address_, traceparent_;
+  absl::Mutex mu_;
+  std::shared_ptr<PrefillCall> prefill_ ABSL_GUARDED_BY(mu_);
+  v1::TokenEvent pending_ ABSL_GUARDED_BY(mu_), current_ ABSL_GUARDED_BY(mu_);
+  bool has_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status final_status_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DecodeService>> DecodeService::Create(Scheduler& scheduler, engine::KvPool& pool,
+                                                                     transport::Transport& transport,
+                                                                     const DecodeServiceOptions& options) {
+  std::unique_ptr<DecodeService> s(new DecodeService(scheduler, pool, transport, options));
+  STRATA_ASSIGN_OR_RETURN(s->pool_registration_, transport.Register(pool.memory(), static_cast<size_t>(pool.memory_bytes())));
+  STRATA_ASSIGN_OR_RETURN(s->landing_registration_, transport.Register(scheduler.landing_memory(), scheduler.landing_bytes()));
+  s->pool_region_ = s->pool_registration_->Describe();
+  s->landing_region_ = s->landing_registration_->Describe();
+  return s;
+}
+
+std::shared_ptr<v1::Prefill::Stub> DecodeService::PrefillStub(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  auto& stub = stubs_[address];
+  if (!stub) stub = v1::Prefill::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  return stub;
+}
+
+void DecodeService::FillTarget(const Admission& admission, v1::KvTarget* target) const {
+  const engine::KvLayout& layout = pool_.layout();
+  target->set_transport_address(transport_.address());
+  target->set_layout_fingerprint(layout.fingerprint());
+  auto* pool = target->mutable_pool();
+  pool->set_address(pool_region_.address);
+  pool->set_length(pool_region_.length);
+  pool->set_key(pool_region_.key);
+  target->set_block_bytes(static_cast<uint64_t>(layout.block_bytes()));
+  target->mutable_block_ids()->Add(admission.blocks.begin(), admission.blocks.end());
+  auto* state = target->mutable_state();
+  state->set_address(landing_region_.address + static_cast<uint64_t>(admission.landing_slot) *
+                                                   static_cast<uint64_t>(layout.state_bytes()));
+  state->set_length(static_cast<uint64_t>(layout.state_bytes()));
+  state->set_key(landing_region_.key);
+}
+
+grpc::ServerWriteReactor<v1::TokenEvent>* DecodeService::Generate(grpc::CallbackServerContext* context,
+                                                                 const v1::DecodeRequest* request) {
+  return new GenerateReactor(*this, context, *request);
+}
+
+grpc::ServerUnaryReactor* DecodeService::Status(grpc::CallbackServerContext* context, const v1::WorkerStatusRequest*,
+                                                v1::WorkerStatus* reply) {
+  SchedulerStats s = scheduler_.stats();
+  reply->set_running_requests(s.running);
+  reply->set_queued_requests(s.queued);
+  reply->set_free_kv_blocks(s.free_blocks);
+  reply->set_total_kv_blocks(s.total_blocks);
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace strata::decode

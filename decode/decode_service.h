@@ -1,0 +1,65 @@
+// strata.v1.Decode over gRPC: the thin layer between the router's token streams and the
+// Scheduler. For a request routed with a prefill worker, it reserves blocks through the
+// scheduler, then asks that prefill worker (strata.v1.Prefill) to fill them over the transport,
+// handing it this worker's registered pool and one landing state slot.
+//
+// Cancellation: a router that cancels the stream (its client disconnected) cancels the request in
+// the scheduler and the prefill call; blocks are freed once the transfer has settled.
+//
+// Threading: gRPC's callback threads call in; all methods are thread-safe.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "decode/scheduler.h"
+#include "strata/v1/worker.grpc.pb.h"
+#include "transport/transport.h"
+
+namespace strata::decode {
+
+struct DecodeServiceOptions {
+  absl::Duration prefill_timeout = absl::Minutes(30);  // a 1M-token prompt on CPU takes long
+};
+
+class DecodeService final : public strata::v1::Decode::CallbackService {
+ public:
+  // Registers the scheduler's pool and landing slots with `transport`.
+  static absl::StatusOr<std::unique_ptr<DecodeService>> Create(Scheduler& scheduler, engine::KvPool& pool,
+                                                              transport::Transport& transport,
+                                                              const DecodeServiceOptions& options);
+
+  grpc::ServerWriteReactor<strata::v1::TokenEvent>* Generate(grpc::CallbackServerContext* context,
+                                                             const strata::v1::DecodeRequest* request) override;
+  grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context, const strata::v1::WorkerStatusRequest* request,
+                                   strata::v1::WorkerStatus* reply) override;
+
+  // The prefill stub for `address` (channels are cached and shared).
+  std::shared_ptr<strata::v1::Prefill::Stub> PrefillStub(const std::string& address);
+  // Where prefill writes `admission`'s blocks and state.
+  void FillTarget(const Admission& admission, strata::v1::KvTarget* target) const;
+
+  Scheduler& scheduler() { return scheduler_; }
+  const DecodeServiceOptions& options() const { return options_; }
+
+ private:
+  DecodeService(Scheduler& scheduler, engine::KvPool& pool, transport::Transport& transport,
+                const DecodeServiceOptions& options)
+      : scheduler_(scheduler), pool_(pool), transport_(transport), options_(options) {}
+
+  Scheduler& scheduler_;
+  engine::KvPool& pool_;
+  transport::Transport& transport_;
+  const DecodeServiceOptions options_;
+  std::unique_ptr<transport::MemoryRegistration> pool_registration_, landing_registration_;
+  transport::RemoteRegion pool_region_, landing_region_;
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<strata::v1::Prefill::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace strata::decode

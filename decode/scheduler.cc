@@ -1,0 +1,340 @@
+#include "decode/scheduler.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status.h"
+
+namespace strata::decode {
+
+Scheduler::Scheduler(engine::Model& model, engine::KvPool& pool, const SchedulerOptions& options)
+    : model_(model),
+      pool_(pool),
+      options_(options),
+      landing_(static_cast<size_t>(options.max_batch * pool.layout().state_bytes())) {
+  for (int32_t i = static_cast<int32_t>(options_.max_batch) - 1; i >= 0; --i) free_slots_.push_back(i);
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Scheduler::~Scheduler() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  thread_.join();
+}
+
+int64_t Scheduler::BlocksNeeded(const Request& r) const {
+  return pool_.layout().BlocksFor(static_cast<int64_t>(r.prompt.size()) + r.max_tokens);
+}
+
+absl::Status Scheduler::Submit(Request request, Callbacks callbacks) {
+  const int64_t prompt = static_cast<int64_t>(request.prompt.size());
+  const int64_t limit = model_.config().max_position_embeddings;
+  if (prompt == 0) return absl::InvalidArgumentError("the prompt is empty");
+  if (request.max_tokens <= 0) return absl::InvalidArgumentError("max_tokens must be at least 1");
+  if (prompt + request.max_tokens > limit) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt (", prompt, " tokens) + max_tokens (", request.max_tokens,
+                                                   ") exceeds the model's context of ", limit));
+  }
+  if (BlocksNeeded(request) > pool_.num_blocks()) {
+    return absl::InvalidArgumentError(absl::StrCat("the request needs ", BlocksNeeded(request),
+                                                   " KV blocks; this worker has ", pool_.num_blocks(), " in all"));
+  }
+  if (request.remote_prefill_tokens < 0 || request.remote_prefill_tokens >= prompt) {
+    return absl::InvalidArgumentError(absl::StrCat("remote_prefill_tokens ", request.remote_prefill_tokens,
+                                                   " must lie in [0, ", prompt, ")"));
+  }
+  for (int32_t id : request.prompt) {
+    if (id < 0 || id >= model_.config().vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary"));
+    }
+  }
+  if (request.remote_prefill_tokens > 0 && !callbacks.on_admitted) {
+    return absl::InvalidArgumentError("a remotely prefilled request needs on_admitted");
+  }
+  auto seq = std::make_unique<Sequence>();
+  seq->request = std::move(request);
+  seq->callbacks = std::move(callbacks);
+  absl::MutexLock lock(&mu_);
+  if (stop_) return absl::UnavailableError("the decode worker is shutting down");
+  if (queued_ >= options_.max_queue) {
+    return absl::ResourceExhaustedError(absl::StrCat("the decode worker's queue is full (", options_.max_queue,
+                                                     " requests wait for KV blocks)"));
+  }
+  ++queued_;
+  stats_.queued = queued_;
+  stats_.queued_tokens += static_cast<int64_t>(seq->request.prompt.size());
+  inbox_.submitted.push_back(std::move(seq));
+  return absl::OkStatus();
+}
+
+void Scheduler::Cancel(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  inbox_.cancelled.push_back(id);
+}
+
+void Scheduler::Landed(const std::string& id, absl::Status status) {
+  absl::MutexLock lock(&mu_);
+  inbox_.landed.emplace_back(id, std::move(status));
+}
+
+SchedulerStats Scheduler::stats() const {
+  absl::MutexLock lock(&mu_);
+  SchedulerStats s = stats_;
+  s.free_blocks = pool_.free_blocks();
+  s.total_blocks = pool_.num_blocks();
+  return s;
+}
+
+void Scheduler::Loop() {
+  for (;;) {
+    Inbox inbox;
+    bool stopping;
+    {
+      absl::MutexLock lock(&mu_);
+      // Sleep only when nothing can make progress without new input.
+      const bool admissible = !waiting_.empty() && static_cast<int64_t>(admitted_.size()) < options_.max_batch &&
+                              !free_slots_.empty() && BlocksNeeded(waiting_.front()->request) <= pool_.free_blocks();
+      const bool runnable = admissible || std::any_of(admitted_.begin(), admitted_.end(), [](const auto& s) {
+                              return s->phase == Phase::kRunning || (s->phase == Phase::kLanding && s->has_landed);
+                            });
+      if (!runnable) {
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stop_ || !inbox_.submitted.empty() || !inbox_.cancelled.empty() || !inbox_.landed.empty();
+        };
+        mu_.Await(absl::Condition(&ready));
+      }
+      std::swap(inbox, inbox_);
+      stopping = stop_;
+    }
+    if (stopping) {
+      for (auto& s : inbox.submitted) waiting_.push_back(std::move(s));
+      for (auto& s : waiting_) End(*s, Finish::kNone, absl::UnavailableError("the decode worker is shutting down"));
+      for (auto& s : admitted_) {
+        // A landing request's blocks may still be written by its prefill worker; the pool dies
+        // with us, so nothing is reused.
+        End(*s, Finish::kNone, absl::UnavailableError("the decode worker is shutting down"));
+      }
+      return;
+    }
+    Drain(inbox);
+    SettleLandings();
+    Admit();
+    RunStep();
+    absl::MutexLock lock(&mu_);
+    stats_.running = static_cast<int64_t>(admitted_.size());
+    stats_.steps = steps_;
+    stats_.generated_tokens = generated_total_;
+  }
+}
+
+void Scheduler::Drain(Inbox& inbox) {
+  for (auto& s : inbox.submitted) waiting_.push_back(std::move(s));
+  for (auto& [id, status] : inbox.landed) {
+    for (auto& s : admitted_) {
+      if (s->request.id == id && s->phase == Phase::kLanding) {
+        s->has_landed = true;
+        s->landed = status;
+      }
+    }
+  }
+  for (const std::string& id : inbox.cancelled) {
+    for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+      if ((*it)->request.id == id) {
+        End(**it, Finish::kNone, absl::CancelledError("the request was cancelled"));
+        waiting_.erase(it);
+        break;
+      }
+    }
+    for (auto& s : admitted_) {
+      if (s->request.id == id) s->cancelled = true;
+    }
+  }
+}
+
+absl::Status Scheduler::VerifyLanded(Sequence& s) {
+  const engine::KvLayout& layout = pool_.layout();
+  const uint8_t* state = landing_.data() + static_cast<size_t>(s.landing_slot) * static_cast<size_t>(layout.state_bytes());
+  STRATA_RETURN_IF_ERROR(
+      Annotate(engine::VerifyKvRecord(state, layout.state_bytes(), engine::KvRecordKind::kState, layout.fingerprint()),
+               "landed state slot"));
+  const auto* header = reinterpret_cast<const engine::KvRecordHeader*>(state);
+  if (static_cast<int64_t>(header->tokens) != s.request.remote_prefill_tokens) {
+    return absl::DataLossError(absl::StrCat("landed state is at position ", header->tokens, ", want ",
+                                            s.request.remote_prefill_tokens));
+  }
+  const int64_t blocks = layout.BlocksFor(s.request.remote_prefill_tokens);
+  for (int64_t b = 0; b < blocks; ++b) {
+    STRATA_RETURN_IF_ERROR(Annotate(engine::VerifyKvRecord(pool_.block(s.cache.blocks[static_cast<size_t>(b)]),
+                                                           layout.block_bytes(), engine::KvRecordKind::kBlock,
+                                                           layout.fingerprint()),
+                                    absl::StrCat("landed KV block ", b)));
+  }
+  std::memcpy(s.cache.state.data(), state, static_cast<size_t>(layout.state_bytes()));
+  s.cache.position = s.request.remote_prefill_tokens;
+  return absl::OkStatus();
+}
+
+void Scheduler::SettleLandings() {
+  for (auto& s : admitted_) {
+    if (s->phase != Phase::kLanding || !s->has_landed) continue;
+    // The transfer has settled (landed or failed): the blocks are ours again.
+    if (s->cancelled) {
+      End(*s, Finish::kNone, absl::CancelledError("the request was cancelled"));
+      continue;
+    }
+    absl::Status status = s->landed;
+    if (status.ok()) status = VerifyLanded(*s);
+    if (!status.ok()) {
+      End(*s, Finish::kNone, Annotate(status, "prefill"));
+      continue;
+    }
+    s->phase = Phase::kRunning;
+  }
+  std::erase_if(admitted_, [](const auto& s) { return s == nullptr; });
+}
+
+void Scheduler::Admit() {
+  while (!waiting_.empty() && static_cast<int64_t>(admitted_.size()) < options_.max_batch && !free_slots_.empty()) {
+    Sequence& s = *waiting_.front();
+    const int64_t need = BlocksNeeded(s.request);
+    if (need > pool_.free_blocks()) break;  // first come, first served: no overtaking
+    s.cache = model_.NewSequence();
+    bool ok = true;
+    for (int64_t i = 0; i < need; ++i) {
+      auto id = pool_.Allocate();
+      if (!id.ok()) {
+        ok = false;
+        break;
+      }
+      s.cache.blocks.push_back(*id);
+    }
+    if (!ok) {
+      model_.Release(s.cache);
+      break;
+    }
+    s.sampler = std::make_unique<engine::Sampler>(s.request.sampling, options_.num_tokens);
+    s.landing_slot = free_slots_.back();
+    free_slots_.pop_back();
+    {
+      absl::MutexLock lock(&mu_);
+      --queued_;
+      stats_.queued = queued_;
+      stats_.queued_tokens -= static_cast<int64_t>(s.request.prompt.size());
+    }
+    if (s.request.remote_prefill_tokens > 0) {
+      s.phase = Phase::kLanding;
+      Admission admission;
+      admission.blocks = s.cache.blocks;
+      admission.landing_slot = s.landing_slot;
+      s.callbacks.on_admitted(admission);
+    } else {
+      s.phase = Phase::kRunning;
+    }
+    admitted_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+}
+
+void Scheduler::RunStep() {
+  // Cancelled running requests leave first.
+  for (auto& s : admitted_) {
+    if (s->phase == Phase::kRunning && s->cancelled) End(*s, Finish::kNone, absl::CancelledError("the request was cancelled"));
+  }
+  std::erase_if(admitted_, [](const auto& s) { return s == nullptr; });
+
+  std::vector<engine::StepInput> inputs;
+  std::vector<Sequence*> in_step;
+  std::vector<int32_t> one_tokens;  // decode tokens, stable storage for the spans
+  one_tokens.reserve(admitted_.size());
+  int64_t budget = options_.chunk_tokens;
+  for (auto& s : admitted_) {
+    if (s->phase != Phase::kRunning) continue;
+    const int64_t prompt = static_cast<int64_t>(s->request.prompt.size());
+    if (s->cache.position < prompt) {
+      // Prompt still to compute: a chunk within this step's budget (at least one token, so a
+      // long prompt never starves behind decode traffic).
+      const int64_t n = std::min(prompt - s->cache.position, std::max<int64_t>(budget, 1));
+      budget -= n;
+      inputs.push_back({&s->cache, absl::MakeConstSpan(s->request.prompt).subspan(static_cast<size_t>(s->cache.position), static_cast<size_t>(n)),
+                        s->cache.position + n == prompt});
+    } else {
+      one_tokens.push_back(s->next_token);
+      inputs.push_back({&s->cache, absl::MakeConstSpan(&one_tokens.back(), 1), true});
+    }
+    in_step.push_back(s.get());
+  }
+  if (inputs.empty()) return;
+
+  std::vector<float> logits;
+  absl::Status status = model_.Step(inputs, &logits);
+  ++steps_;
+  if (!status.ok()) {
+    spdlog::error("decode step over {} requests failed: {}", inputs.size(), status.ToString());
+    for (Sequence* s : in_step) End(*s, Finish::kNone, Annotate(status, "model step"));
+    std::erase_if(admitted_, [](const auto& s) { return s == nullptr; });
+    return;
+  }
+  const int64_t vocab = model_.config().vocab_size;
+  size_t row = 0;
+  for (size_t i = 0; i < in_step.size(); ++i) {
+    if (!inputs[i].want_logits) continue;
+    Sequence& s = *in_step[i];
+    const float* l = logits.data() + row * static_cast<size_t>(vocab);
+    ++row;
+    const int32_t token = s.sampler->Sample(l);
+    Event event;
+    event.tokens.push_back(token);
+    if (s.request.logprobs) event.logprobs.push_back(static_cast<float>(s.sampler->LogProb(l, token)));
+    ++s.generated;
+    ++generated_total_;
+    s.next_token = token;
+    Finish finish = Finish::kNone;
+    if (token == options_.eos_id && !s.request.ignore_eos) {
+      finish = Finish::kStop;
+    } else if (s.generated >= s.request.max_tokens) {
+      finish = Finish::kLength;
+    }
+    if (finish != Finish::kNone) {
+      event.done = true;
+      event.finish = finish;
+    }
+    s.callbacks.on_event(std::move(event));
+    if (finish != Finish::kNone) End(s, finish, absl::OkStatus());
+  }
+  std::erase_if(admitted_, [](const auto& s) { return s == nullptr; });
+}
+
+// Ends `s`: frees its blocks and slot, sends the final event unless a token event already
+// carried it, and drops it from admitted_ (by nulling its slot there; callers erase).
+void Scheduler::End(Sequence& s, Finish finish, absl::Status status) {
+  const bool queued = s.phase == Phase::kQueued;
+  if (!queued) {
+    model_.Release(s.cache);
+    if (s.landing_slot >= 0) free_slots_.push_back(s.landing_slot);
+    s.landing_slot = -1;
+  }
+  if (finish == Finish::kNone) {
+    Event event;
+    event.done = true;
+    event.status = std::move(status);
+    s.callbacks.on_event(std::move(event));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (queued) {
+      --queued_;
+      stats_.queued = queued_;
+      stats_.queued_tokens -= static_cast<int64_t>(s.request.prompt.size());
+    }
+  }
+  for (auto& p : admitted_) {
+    if (p.get() == &s) p.reset();
+  }
+}
+
+}  // namespace strata::decode

@@ -1,0 +1,157 @@
+// The decode worker's continuous-batching loop. Requests wait in a bounded queue until the KV
+// blocks for their whole length (prompt + max_tokens) fit, are admitted, and then run one
+// Model::Step per iteration together with every other running request — each at its own
+// position, decode tokens and (colocated) prefill chunks mixed in one step.
+//
+// A request whose prompt KV is computed elsewhere (a prefill worker) declares
+// `remote_prefill_tokens`: on admission the scheduler reserves its blocks and a landing slot for
+// its state, reports them through `on_admitted`, and waits for Landed(). It then verifies every
+// landed record (checksums, layout) before the request runs. Decode always computes the prompt's
+// last token itself, so all sampling happens here, with one sampler per request.
+//
+// Threading: Submit/Cancel/Landed/stats may be called from any thread. One internal thread runs
+// the loop and calls the callbacks; callbacks must not block and must not call back into the
+// scheduler synchronously except Cancel/Landed (which only queue).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+
+namespace strata::decode {
+
+struct SchedulerOptions {
+  int64_t max_batch = 32;      // requests admitted at once (running or landing)
+  int64_t max_queue = 256;     // requests waiting for admission; more are refused
+  int64_t chunk_tokens = 512;  // prompt tokens computed per step (colocated prefill)
+  int32_t eos_id = -1;
+  int64_t num_tokens = 0;      // tokenizer vocabulary (sampling never picks ids past it)
+};
+
+struct Request {
+  std::string id;
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 16;
+  engine::SamplingParams sampling;
+  bool ignore_eos = false;
+  bool logprobs = false;
+  // Prompt tokens [0, remote_prefill_tokens) are computed by someone else and land in the
+  // reserved blocks; 0 = compute the whole prompt here. At most prompt.size() − 1.
+  int64_t remote_prefill_tokens = 0;
+};
+
+enum class Finish { kNone, kStop, kLength };
+
+struct Event {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  bool done = false;
+  Finish finish = Finish::kNone;
+  absl::Status status;  // with done: OK, Cancelled, or what failed
+};
+
+struct Admission {
+  std::vector<int32_t> blocks;  // block ids covering the prompt (and the generation after it)
+  int32_t landing_slot = -1;    // index into landing_memory(): where the state record goes
+};
+
+struct Callbacks {
+  std::function<void(const Admission&)> on_admitted;  // only for remote prefill
+  std::function<void(Event)> on_event;                 // tokens; the last one has done = true
+};
+
+struct SchedulerStats {
+  int64_t running = 0;       // admitted (landing or running)
+  int64_t queued = 0;        // waiting for admission
+  int64_t queued_tokens = 0;
+  int64_t free_blocks = 0;
+  int64_t total_blocks = 0;
+  int64_t steps = 0;
+  int64_t generated_tokens = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(engine::Model& model, engine::KvPool& pool, const SchedulerOptions& options);
+  ~Scheduler();  // fails what is queued or running with Unavailable, then joins
+
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // InvalidArgument for a request that can never run (empty prompt, too long for the model or the
+  // pool), ResourceExhausted when the queue is full. On OK, callbacks will be called.
+  absl::Status Submit(Request request, Callbacks callbacks);
+  // Ends the request with Cancelled (a landing request once its transfer has settled).
+  void Cancel(const std::string& id);
+  // The remote prefill of `id` finished (OK: its blocks and state landed) or failed.
+  void Landed(const std::string& id, absl::Status status);
+
+  SchedulerStats stats() const;
+  // State landing slots, for registering with a transport: max_batch slots of state_bytes.
+  uint8_t* landing_memory() { return landing_.data(); }
+  size_t landing_bytes() const { return landing_.size(); }
+  int64_t state_bytes() const { return pool_.layout().state_bytes(); }
+
+ private:
+  enum class Phase { kQueued, kLanding, kRunning };
+  struct Sequence {
+    Request request;
+    Callbacks callbacks;
+    Phase phase = Phase::kQueued;
+    engine::SequenceCache cache;
+    std::unique_ptr<engine::Sampler> sampler;
+    int32_t landing_slot = -1;
+    int64_t generated = 0;
+    int32_t next_token = -1;  // sampled, not yet fed
+    bool cancelled = false;
+    absl::Status landed;      // set by Landed()
+    bool has_landed = false;
+  };
+  struct Inbox {
+    std::vector<std::unique_ptr<Sequence>> submitted;
+    std::vector<std::string> cancelled;
+    std::vector<std::pair<std::string, absl::Status>> landed;
+  };
+
+  void Loop();
+  void Drain(Inbox& inbox);
+  void Admit();
+  void SettleLandings();
+  absl::Status VerifyLanded(Sequence& s);
+  void RunStep();
+  void End(Sequence& s, Finish finish, absl::Status status);
+  int64_t BlocksNeeded(const Request& r) const;
+
+  engine::Model& model_;
+  engine::KvPool& pool_;
+  const SchedulerOptions options_;
+  std::vector<uint8_t> landing_;
+  std::vector<int32_t> free_slots_;  // loop thread only
+
+  mutable absl::Mutex mu_;
+  Inbox inbox_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;  // submitted, not yet admitted
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  SchedulerStats stats_ ABSL_GUARDED_BY(mu_);
+
+  // Loop thread only.
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> admitted_;
+  int64_t steps_ = 0, generated_total_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace strata::decode

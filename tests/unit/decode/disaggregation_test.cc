@@ -1,0 +1,331 @@
+// The disaggregated path without RPC: a PrefillWorker pushing KV over a Transport into a decode
+// Scheduler's blocks must give exactly the tokens the colocated Scheduler gives (greedy), and
+// blocks must be freed on every path (finish, cancel, transfer failure, corrupt bytes).
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "common/file.h"
+#include "decode/scheduler.h"
+#include "engine/checkpoint.h"
+#include "engine/model_writer.h"
+#include "engine/runtime.h"
+#include "gtest/gtest.h"
+#include "prefill/prefill_worker.h"
+#include "transport/transport.h"
+
+namespace strata {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int64_t kVocab = 512;
+
+// One model instance: its own backend, experts, threads and pool over shared weights.
+struct Instance {
+  Instance(const engine::ModelWeights& weights, int64_t blocks)
+      : layout(weights.config()),
+        pool(layout, blocks),
+        backend(engine::MakeCpuBackend(1)),
+        experts(weights, *backend),
+        threads(1),
+        model(weights, *backend, experts, pool, threads) {}
+  engine::KvLayout layout;
+  engine::KvPool pool;
+  std::unique_ptr<engine::Backend> backend;
+  engine::LocalExperts experts;
+  ThreadPool threads;
+  engine::Model model;
+};
+
+// Collects one request's events.
+struct Collector {
+  absl::Mutex mu;
+  std::vector<int32_t> tokens;
+  absl::Status status;
+  decode::Finish finish = decode::Finish::kNone;
+  absl::Notification done;
+  decode::Callbacks Callbacks() {
+    decode::Callbacks c;
+    c.on_event = [this](decode::Event e) {
+      {
+        absl::MutexLock lock(&mu);
+        tokens.insert(tokens.end(), e.tokens.begin(), e.tokens.end());
+        if (!e.done) return;
+        status = e.status;
+        finish = e.finish;
+      }
+      done.Notify();  // last touch: the test may destroy the collector right after
+    };
+    return c;
+  }
+  bool Wait() { return done.WaitForNotificationWithTimeout(absl::Seconds(120)); }
+};
+
+class DisaggregationTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::string tmpl = ::testing::TempDir() + "strata_disagg_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = new std::string(tmpl);
+    fs::create_directories(*dir_ + "/tok");
+    ASSERT_TRUE(WriteFileAtomically(*dir_ + "/tok/tokenizer.json", "{}").ok());
+    ASSERT_TRUE(WriteFileAtomically(*dir_ + "/tok/tokenizer_config.json", "{}").ok());
+    engine::ModelConfig c = *engine::PresetConfig("tiny");
+    c.vocab_size = kVocab;
+    c.n_routed_experts = 4;
+    ASSERT_TRUE(engine::WriteRandomModel(c, {.out_dir = *dir_ + "/m", .seed = 5, .tokenizer_dir = *dir_ + "/tok",
+                                              .threads = 2, .progress = false})
+                    .ok());
+    auto ckpt = engine::Checkpoint::Load(*dir_ + "/m", {.threads = 2, .progress = false});
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    ckpt_ = ckpt->release();
+    weights_ = engine::ModelWeights::Create(*ckpt_)->release();
+  }
+  static void TearDownTestSuite() {
+    delete weights_;
+    delete ckpt_;
+    fs::remove_all(*dir_);
+    delete dir_;
+  }
+
+  void SetUp() override {
+    fabric_ = transport::MakeInProcFabric();
+    colocated_ = std::make_unique<Instance>(*weights_, 96);
+    decode_ = std::make_unique<Instance>(*weights_, 96);
+    prefill_ = std::make_unique<Instance>(*weights_, 96);
+    decode_transport_ = transport::MakeInProcTransport(fabric_);
+    prefill_transport_ = transport::MakeInProcTransport(fabric_);
+    local_ = std::make_unique<decode::Scheduler>(colocated_->model, colocated_->pool, Options());
+    remote_ = std::make_unique<decode::Scheduler>(decode_->model, decode_->pool, Options());
+    auto pool_reg = decode_transport_->Register(decode_->pool.memory(), static_cast<size_t>(decode_->pool.memory_bytes()));
+    auto landing_reg = decode_transport_->Register(remote_->landing_memory(), remote_->landing_bytes());
+    ASSERT_TRUE(pool_reg.ok() && landing_reg.ok());
+    pool_reg_ = std::move(*pool_reg);
+    landing_reg_ = std::move(*landing_reg);
+  }
+
+  void TearDown() override {
+    worker_.reset();
+    local_.reset();
+    remote_.reset();
+  }
+
+  void StartPrefill(transport::Transport& t, int64_t chunk) {
+    auto w = prefill::PrefillWorker::Create(prefill_->model, prefill_->pool, t, {.chunk_tokens = chunk, .max_running = 4});
+    ASSERT_TRUE(w.ok()) << w.status();
+    worker_ = std::move(*w);
+  }
+
+  decode::SchedulerOptions Options() const {
+    return {.max_batch = 8, .max_queue = 16, .chunk_tokens = 100, .eos_id = -1, .num_tokens = kVocab};
+  }
+
+  static decode::Request MakeRequest(const std::string& id, int64_t prompt_len, uint64_t seed, int64_t max_tokens) {
+    decode::Request r;
+    r.id = id;
+    uint64_t s = seed;
+    for (int64_t i = 0; i < prompt_len; ++i) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      r.prompt.push_back(static_cast<int32_t>((s >> 33) % kVocab));
+    }
+    r.max_tokens = max_tokens;
+    return r;
+  }
+
+  // What DecodeService does without gRPC: on admission, hand the prefill worker a target in
+  // the decode worker's registered memory; when the job ends, tell the scheduler.
+  decode::Callbacks Remote(Collector& c, const decode::Request& r, std::function<void(prefill::Job&)> tweak = nullptr) {
+    decode::Callbacks cb = c.Callbacks();
+    std::vector<int32_t> tokens(r.prompt.begin(), r.prompt.end() - 1);
+    cb.on_admitted = [this, id = r.id, tokens, tweak](const decode::Admission& a) {
+      prefill::Job job;
+      job.id = id;
+      job.tokens = tokens;
+      job.target.transport_address = decode_transport_->address();
+      job.target.layout_fingerprint = decode_->layout.fingerprint();
+      job.target.pool = pool_reg_->Describe();
+      job.target.block_bytes = static_cast<uint64_t>(decode_->layout.block_bytes());
+      job.target.blocks = a.blocks;
+      transport::RemoteRegion landing = landing_reg_->Describe();
+      job.target.state = {landing.address + static_cast<uint64_t>(a.landing_slot * decode_->layout.state_bytes()),
+                          static_cast<uint64_t>(decode_->layout.state_bytes()), landing.key};
+      job.done = [this, id](absl::StatusOr<prefill::PrefillResult> r) { remote_->Landed(id, r.status()); };
+      if (tweak) tweak(job);
+      absl::Status s = worker_->Submit(std::move(job));
+      if (!s.ok()) remote_->Landed(id, s);
+    };
+    return cb;
+  }
+
+  void ExpectAllFree() {
+    // Stats are published by the loop threads after each step; wait briefly for them to settle.
+    for (int i = 0; i < 200; ++i) {
+      if (decode_->pool.free_blocks() == decode_->pool.num_blocks() &&
+          prefill_->pool.free_blocks() == prefill_->pool.num_blocks() && remote_->stats().running == 0) {
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    EXPECT_EQ(decode_->pool.free_blocks(), decode_->pool.num_blocks());
+    EXPECT_EQ(prefill_->pool.free_blocks(), prefill_->pool.num_blocks());
+    EXPECT_EQ(remote_->stats().running, 0);
+  }
+
+  static std::string* dir_;
+  static engine::Checkpoint* ckpt_;
+  static engine::ModelWeights* weights_;
+  std::shared_ptr<transport::InProcFabric> fabric_;
+  std::unique_ptr<Instance> colocated_, decode_, prefill_;
+  std::unique_ptr<transport::Transport> decode_transport_, prefill_transport_;
+  std::unique_ptr<transport::MemoryRegistration> pool_reg_, landing_reg_;
+  std::unique_ptr<decode::Scheduler> local_, remote_;
+  std::unique_ptr<prefill::PrefillWorker> worker_;
+};
+
+std::string* DisaggregationTest::dir_ = nullptr;
+engine::Checkpoint* DisaggregationTest::ckpt_ = nullptr;
+engine::ModelWeights* DisaggregationTest::weights_ = nullptr;
+
+// Greedy tokens are identical: chunking (prefill chunk 300 vs colocated 100, shared with other
+// requests) and the hand-off do not change a single bit of the KV (engine chunking tests), so
+// the logits and the argmax agree exactly — no tolerance.
+TEST_F(DisaggregationTest, SameTokensAsColocated) {
+  StartPrefill(*prefill_transport_, 300);
+  const std::vector<int64_t> lengths = {2, 129, 1100, 257};
+  std::vector<std::unique_ptr<Collector>> local(lengths.size()), remote(lengths.size());
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    decode::Request r = MakeRequest("r" + std::to_string(i), lengths[i], 100 + i, 12);
+    local[i] = std::make_unique<Collector>();
+    remote[i] = std::make_unique<Collector>();
+    ASSERT_TRUE(local_->Submit(r, local[i]->Callbacks()).ok());
+    decode::Request rr = r;
+    rr.remote_prefill_tokens = lengths[i] - 1;
+    ASSERT_TRUE(remote_->Submit(rr, Remote(*remote[i], rr)).ok());
+  }
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    ASSERT_TRUE(local[i]->Wait());
+    ASSERT_TRUE(remote[i]->Wait());
+    ASSERT_TRUE(local[i]->status.ok()) << local[i]->status;
+    ASSERT_TRUE(remote[i]->status.ok()) << remote[i]->status;
+    EXPECT_EQ(local[i]->tokens.size(), 12u);
+    EXPECT_EQ(local[i]->finish, decode::Finish::kLength);
+    EXPECT_EQ(remote[i]->tokens, local[i]->tokens) << "prompt of " << lengths[i] << " tokens";
+  }
+  ExpectAllFree();
+}
+
+// More requests than the prefill worker's slots (4) and the decode batch (8): the rest wait and
+// every one completes.
+TEST_F(DisaggregationTest, MoreRequestsThanSlotsAllComplete) {
+  StartPrefill(*prefill_transport_, 64);
+  constexpr int kRequests = 14;
+  std::vector<std::unique_ptr<Collector>> c(kRequests);
+  for (int i = 0; i < kRequests; ++i) {
+    decode::Request r = MakeRequest("m" + std::to_string(i), 20 + i, 50 + i, 3);
+    r.remote_prefill_tokens = 19 + i;
+    c[static_cast<size_t>(i)] = std::make_unique<Collector>();
+    ASSERT_TRUE(remote_->Submit(r, Remote(*c[static_cast<size_t>(i)], r)).ok());
+  }
+  for (auto& x : c) {
+    ASSERT_TRUE(x->Wait());
+    EXPECT_TRUE(x->status.ok()) << x->status;
+    EXPECT_EQ(x->tokens.size(), 3u);
+  }
+  ExpectAllFree();
+}
+
+TEST_F(DisaggregationTest, TransferFailureEndsTheRequestAndFreesBlocks) {
+  auto faulty = transport::MakeFaultyTransport(transport::MakeInProcTransport(fabric_), {.fail_after = 3});
+  StartPrefill(*faulty, 64);
+  decode::Request r = MakeRequest("f", 600, 7, 4);
+  r.remote_prefill_tokens = 599;
+  Collector c;
+  ASSERT_TRUE(remote_->Submit(r, Remote(c, r)).ok());
+  ASSERT_TRUE(c.Wait());
+  EXPECT_EQ(c.status.code(), absl::StatusCode::kUnavailable) << c.status;
+  EXPECT_TRUE(c.tokens.empty());
+  worker_.reset();
+  ExpectAllFree();
+}
+
+TEST_F(DisaggregationTest, CorruptLandedBytesAreRefused) {
+  StartPrefill(*prefill_transport_, 512);
+  decode::Request r = MakeRequest("c", 300, 9, 4);
+  r.remote_prefill_tokens = 299;
+  Collector c;
+  // Flip a byte of the first landed block after the transfer, before the scheduler verifies it.
+  decode::Callbacks cb = Remote(c, r, [this](prefill::Job& job) {
+    auto done = job.done;
+    const int32_t first = job.target.blocks[0];
+    job.done = [this, done, first](absl::StatusOr<prefill::PrefillResult> result) {
+      decode_->pool.block(first)[engine::kKvHeaderBytes + 5] ^= 0x40;
+      done(std::move(result));
+    };
+  });
+  ASSERT_TRUE(remote_->Submit(r, cb).ok());
+  ASSERT_TRUE(c.Wait());
+  EXPECT_EQ(c.status.code(), absl::StatusCode::kDataLoss) << c.status;
+  EXPECT_NE(c.status.message().find("landed KV block 0"), absl::string_view::npos) << c.status;
+  ExpectAllFree();
+}
+
+TEST_F(DisaggregationTest, CancelFreesBlocksOnBothSides) {
+  StartPrefill(*prefill_transport_, 64);
+  decode::Request r = MakeRequest("x", 1000, 3, 200);
+  r.remote_prefill_tokens = 999;
+  Collector c;
+  ASSERT_TRUE(remote_->Submit(r, Remote(c, r)).ok());
+  remote_->Cancel("x");
+  worker_->Cancel("x");
+  ASSERT_TRUE(c.Wait());
+  EXPECT_EQ(c.status.code(), absl::StatusCode::kCancelled) << c.status;
+  ExpectAllFree();
+
+  // And while decoding.
+  decode::Request l = MakeRequest("y", 50, 4, 100000 / 1000);
+  Collector d;
+  absl::Notification first;
+  decode::Callbacks cb = d.Callbacks();
+  auto inner = cb.on_event;
+  cb.on_event = [&, inner](decode::Event e) {
+    inner(e);
+    if (!first.HasBeenNotified()) first.Notify();
+  };
+  ASSERT_TRUE(remote_->Submit(l, cb).ok());
+  ASSERT_TRUE(first.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  remote_->Cancel("y");
+  ASSERT_TRUE(d.Wait());
+  EXPECT_TRUE(d.status.code() == absl::StatusCode::kCancelled || d.status.ok()) << d.status;
+  ExpectAllFree();
+}
+
+TEST_F(DisaggregationTest, AdmissionWaitsForBlocksAndTheQueueIsBounded) {
+  // 96 blocks: a request needing 60 blocks runs; the next one waits until it finishes.
+  decode::Request big = MakeRequest("a", 10, 1, 60 * 128 - 10);
+  decode::Request second = MakeRequest("b", 10, 2, 60 * 128 - 10);
+  Collector a, b;
+  ASSERT_TRUE(remote_->Submit(big, a.Callbacks()).ok());
+  ASSERT_TRUE(remote_->Submit(second, b.Callbacks()).ok());
+  for (int i = 0; i < 200 && remote_->stats().queued != 1; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(remote_->stats().queued, 1);
+  remote_->Cancel("a");
+  ASSERT_TRUE(a.Wait());
+  for (int i = 0; i < 500 && remote_->stats().queued != 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(remote_->stats().queued, 0);  // b admitted once a's blocks came back
+  remote_->Cancel("b");
+  ASSERT_TRUE(b.Wait());
+
+  // Too big for the pool at all, and a full queue.
+  decode::Request huge = MakeRequest("h", 10, 1, 200 * 128);
+  Collector h;
+  EXPECT_EQ(remote_->Submit(huge, h.Callbacks()).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace strata

@@ -1,0 +1,46 @@
+// Internal to transport/: what UcxTransport puts on the wire around UCX's own bytes, and UCX
+// status conversion.
+//
+// Addresses and remote keys are framed (magic, length, XXH64 of the UCX bytes) before they leave
+// the process, so a truncated, corrupted or foreign string is refused with a clear error instead
+// of being handed to UCX's unpacking code, which trusts its input.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "ucs/type/status.h"
+
+namespace strata::transport::internal {
+
+enum class FrameKind : uint32_t {
+  kWorkerAddress = 0x41555453,  // "STUA"
+  kRemoteKey = 0x4b555453,      // "STUK"
+};
+
+std::string Frame(FrameKind kind, const void* data, size_t len);
+// The UCX bytes inside `framed`; `what` names the string in errors ("peer address").
+absl::StatusOr<std::string_view> Unframe(FrameKind kind, std::string_view framed, const char* what);
+
+// "<op>: <ucs_status_string> (UCX status <n>)" with a code that says what a caller can do:
+// Cancelled for UCS_ERR_CANCELED, Unavailable for connection and peer failures, etc.
+absl::Status UcxError(std::string_view op, ucs_status_t status);
+
+// The header UcxTransport puts in front of every active message: which sending endpoint it came
+// from and its place in that endpoint's stream, so the receiver delivers in issue order.
+struct MessageHeader {
+  uint64_t stream = 0;
+  uint64_t seq = 0;
+  uint16_t id = 0;
+  uint16_t flags = 0;  // kEndOfStream, kHello, kHelloReply
+  uint32_t reserved = 0;
+};
+static_assert(sizeof(MessageHeader) == 24);
+inline constexpr uint16_t kEndOfStream = 1;  // the sending endpoint closed; forget its stream
+inline constexpr uint16_t kHello = 2;        // Connect's handshake (not part of the stream)
+inline constexpr uint16_t kHelloReply = 4;
+
+}  // namespace strata::transport::internal
