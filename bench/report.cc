@@ -68,7 +68,7 @@ void Report(const Figure& figure, const std::string& results_file) {
       figure.higher_is_better ? figure.value >= figure.limit : figure.value <= figure.limit;
   std::printf("%s: %.4g %s  limit %.4g %s  ratio %.2f  %s\n", figure.name.c_str(), figure.value,
               figure.unit.c_str(), figure.limit, figure.unit.c_str(), ratio,
-              pass ? "PASS" : "BELOW TARGET");
+              figure.limit == 0 && !figure.higher_is_better ? "(no target)" : pass ? "PASS" : "BELOW TARGET");
   std::fflush(stdout);
 
   const std::string path =

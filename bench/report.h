@@ -16,6 +16,7 @@ struct Figure {
 };
 
 // Prints "<name>: <value> <unit>  limit <limit> <unit>  ratio <value/limit>  PASS|BELOW TARGET"
+// ("(no target)" for a lower-is-better figure with limit 0)
 // and appends a tab-separated line to <repo>/bench/results/<results_file>.tsv: UTC date, machine
 // (hostname and CPU model), git commit (short hash, "unknown" outside git), name, value, unit,
 // limit, ratio. A results file that cannot be written is reported on stderr, not fatal.

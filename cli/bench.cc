@@ -5,6 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "bench/engine_bench.h"
 #include "bench/kv_transfer_bench.h"
+#include "bench/metrics_scrape.h"
+#include "common/status.h"
 #include "bench/serve_bench.h"
 #include "cli/commands.h"
 
@@ -41,7 +43,28 @@ void AddBenchServeCommand(CLI::App* bench, int* exit_code) {
   serve->add_option("--timeout", o->timeout_s, "per request, seconds")->capture_default_str();
   serve->add_option("--io-threads", o->io_threads, "client threads")->capture_default_str();
   serve->add_option("--label", o->label, "figure name prefix in bench/results/serve.tsv");
-  serve->callback([o, exit_code] {
+  auto handoff = std::make_shared<std::vector<std::string>>();
+  serve->add_option("--handoff-metrics", *handoff,
+                    "decode workers' http://host:port (their /metrics): also report the KV hand-off "
+                    "share of TTFT (target <= 5% for an 8K prompt)");
+  serve->callback([o, handoff, exit_code] {
+    // The decode workers count hand-offs and their exposed time; the share is their mean over
+    // this run divided by the client's mean TTFT.
+    auto scrape = [&](double* count, double* seconds) -> absl::Status {
+      *count = *seconds = 0;
+      for (const std::string& url : *handoff) {
+        STRATA_ASSIGN_OR_RETURN(double c, bench::ScrapeMetric(url, "strata_decode_kv_handoffs_total"));
+        STRATA_ASSIGN_OR_RETURN(double s, bench::ScrapeMetric(url, "strata_decode_kv_handoff_seconds_total"));
+        *count += c;
+        *seconds += s;
+      }
+      return absl::OkStatus();
+    };
+    double count0 = 0, seconds0 = 0, count1 = 0, seconds1 = 0;
+    if (absl::Status s = scrape(&count0, &seconds0); !s.ok()) {
+      *exit_code = Fail("bench serve", s.ToString());
+      return;
+    }
     absl::StatusOr<bench::ServeBenchResult> result = bench::RunServeBench(*o);
     if (!result.ok()) {
       *exit_code = Fail("bench serve", std::string(result.status().message()));
@@ -54,6 +77,24 @@ void AddBenchServeCommand(CLI::App* bench, int* exit_code) {
       return;
     }
     bench::ReportServeBench(*result, "serve");
+    if (handoff->empty()) return;
+    if (absl::Status s = scrape(&count1, &seconds1); !s.ok()) {
+      *exit_code = Fail("bench serve", s.ToString());
+      return;
+    }
+    if (count1 <= count0) {
+      *exit_code = Fail("bench serve", "the decode workers counted no KV hand-off (is a prefill worker registered?)");
+      return;
+    }
+    const double handoff_s = (seconds1 - seconds0) / (count1 - count0);
+    std::printf("KV hand-off (exposed, mean of %.0f): %.2f ms; TTFT mean %.2f ms\n", count1 - count0, handoff_s * 1e3,
+                result->ttft_s.mean * 1e3);
+    bench::Report({.name = result->label + "_kv_handoff_share_of_ttft",
+                   .value = 100 * handoff_s / result->ttft_s.mean,
+                   .unit = "%",
+                   .limit = 5,
+                   .higher_is_better = false},
+                  "serve");
   });
 }
 

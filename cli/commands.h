@@ -25,5 +25,6 @@ void AddWorkerCommands(CLI::App& app, int* exit_code);   // prefill, decode
 void AddRouterCommands(CLI::App& app, int* exit_code);   // router, serve --colocated
 // strata up: the whole cluster on this machine (cli/up.cc).
 void AddUpCommand(CLI::App& app, int* exit_code);
+void AddChatCommand(CLI::App& app, int* exit_code);  // strata chat: streaming client (cli/chat.cc)
 
 }  // namespace strata::cli

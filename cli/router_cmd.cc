@@ -1,5 +1,7 @@
-// strata router: the cluster's front door (OpenAI HTTP API) in front of the registry's workers.
-// strata serve --colocated: the same API served by one process running the whole model.
+// strata router: the cluster's front door (OpenAI HTTP API and the gRPC API strata.v1.Api) in
+// front of the registry's workers.
+// strata serve --colocated: the same APIs served by one process running the whole model.
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <thread>
@@ -16,6 +18,7 @@
 #include "engine/runtime.h"
 #include "engine/tokenizer.h"
 #include "prometheus/gauge.h"
+#include "router/api_service.h"
 #include "router/cluster_upstream.h"
 #include "router/front.h"
 #include "router/local_upstream.h"
@@ -42,6 +45,22 @@ router::OpenAiFrontOptions FrontOptions(const ClusterConfig& config, const engin
   o.max_in_flight = config.router.max_inflight;
   for (const ApiKey& k : config.router.api_keys) o.api_keys.push_back({k.key, k.tenant});
   return o;
+}
+
+// The gRPC API answers like the HTTP front: same model, context, limits and keys.
+router::ApiServiceOptions ApiOptions(const router::OpenAiFrontOptions& http) {
+  return {.served_model = http.served_model,
+          .max_context_tokens = http.max_context_tokens,
+          .default_max_tokens = http.default_max_tokens,
+          .max_in_flight = http.max_in_flight,
+          .api_keys = http.api_keys};
+}
+
+// SIGTERM: the gRPC API stops accepting and drains, then the HTTP front, within one grace period.
+void StopApis(grpc::Server& grpc_server, router::OpenAiFront& front) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  grpc_server.Shutdown(absl::ToChronoTime(deadline));
+  front.Stop(std::max(deadline - absl::Now(), absl::ZeroDuration()));
 }
 
 absl::Status RunRouter(const RouterFlags& f) {
@@ -73,25 +92,33 @@ absl::Status RunRouter(const RouterFlags& f) {
     } while (!stop.WaitForNotificationWithTimeout(absl::Milliseconds(250)));
   });
 
-  router::OpenAiFront front(FrontOptions(config, model), *tokenizer, upstream, metrics);
-  absl::Status started = front.Start();
+  const router::OpenAiFrontOptions front_options = FrontOptions(config, model);
+  router::OpenAiFront front(front_options, *tokenizer, upstream, metrics);
+  router::ApiService api(ApiOptions(front_options), *tokenizer, upstream, metrics);
+  ServiceEndpoints me = config.RouterEndpoints();
+  absl::StatusOr<std::unique_ptr<grpc::Server>> grpc_server = absl::UnknownError("not started");
+  absl::Status started =
+      Annotate(front.Start(), absl::StrCat("router HTTP on ", config.router.host, ":", config.router.http_port));
+  if (started.ok()) {
+    grpc_server = StartGrpcServer(me.grpc_address(), {&api});
+    started = grpc_server.status();
+  }
   if (!started.ok()) {
     stop.Notify();
     watcher.join();
-    return Annotate(started, absl::StrCat("router HTTP on ", config.router.host, ":", config.router.http_port));
+    return started;  // the front stops as it goes
   }
-  ServiceEndpoints me = config.RouterEndpoints();
   registry::ServiceRecord record{.id = ServiceId("router"), .role = "router", .grpc_address = me.grpc_address(),
                                  .http_address = me.http_address(), .model = config.ServedModelName()};
   auto heartbeat = std::make_unique<registry::Heartbeat>(*registry, record, kServiceLease, [] { return registry::Load{}; });
   absl::Status registered = heartbeat->Start();
   if (!registered.ok()) spdlog::warn("router not registered in Redis: {}", registered.ToString());
-  spdlog::info("router ready: http://{}:{}/v1 (model {}, policy {})", config.router.host, front.port(),
-               config.ServedModelName(), config.router.policy);
+  spdlog::info("router ready: http://{}:{}/v1, gRPC {} (model {}, policy {})", config.router.host, front.port(),
+               me.grpc_address(), config.ServedModelName(), config.router.policy);
   const int sig = WaitForShutdownSignal();
   spdlog::info("router: signal {}, shutting down", sig);
   heartbeat.reset();
-  front.Stop(absl::Seconds(10));
+  StopApis(**grpc_server, front);
   stop.Notify();
   watcher.join();
   return absl::OkStatus();
@@ -115,14 +142,18 @@ absl::Status RunColocated(const RouterFlags& f) {
                                .num_tokens = tokenizer->num_tokens()});
   router::LocalUpstream upstream(scheduler);
   auto metrics = std::make_shared<prometheus::Registry>();
-  router::OpenAiFront front(FrontOptions(config, runtime->config()), *tokenizer, upstream, metrics);
+  const router::OpenAiFrontOptions front_options = FrontOptions(config, runtime->config());
+  router::OpenAiFront front(front_options, *tokenizer, upstream, metrics);
+  router::ApiService api(ApiOptions(front_options), *tokenizer, upstream, metrics);
   STRATA_RETURN_IF_ERROR(
       Annotate(front.Start(), absl::StrCat("HTTP on ", config.router.host, ":", config.router.http_port)));
-  spdlog::info("colocated server ready: http://{}:{}/v1 (model {}, {} KV blocks)", config.router.host, front.port(),
-               config.ServedModelName(), pool.num_blocks());
+  const std::string grpc_address = config.RouterEndpoints().grpc_address();
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> grpc_server, StartGrpcServer(grpc_address, {&api}));
+  spdlog::info("colocated server ready: http://{}:{}/v1, gRPC {} (model {}, {} KV blocks)", config.router.host,
+               front.port(), grpc_address, config.ServedModelName(), pool.num_blocks());
   const int sig = WaitForShutdownSignal();
   spdlog::info("serve: signal {}, shutting down", sig);
-  front.Stop(absl::Seconds(10));
+  StopApis(*grpc_server, front);
   return absl::OkStatus();
 }
 

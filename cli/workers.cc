@@ -127,9 +127,22 @@ absl::Status RunDecode(const WorkerFlags& f) {
   STRATA_ASSIGN_OR_RETURN(auto service, decode::DecodeService::Create(scheduler, *w.pool, *w.transport, {}));
   STRATA_ASSIGN_OR_RETURN(auto grpc, StartGrpcServer(w.me.grpc_address(), {service.get()}));
   StatsMetrics stats(*w.metrics, "decode");
+  // The exposed KV hand-off (prefill's wait for its pushes + verification here), for the
+  // "hand-off share of TTFT" figure of `strata bench serve`.
+  auto& handoffs = prometheus::BuildCounter().Name("strata_decode_kv_handoffs_total")
+                       .Help("Requests whose prompt KV landed from a prefill worker").Register(*w.metrics).Add({});
+  auto& handoff_seconds = prometheus::BuildCounter().Name("strata_decode_kv_handoff_seconds_total")
+                              .Help("Exposed KV hand-off time: prefill waiting for its pushes, plus verification here")
+                              .Register(*w.metrics).Add({});
+  int64_t last_handoffs = 0;
+  double last_handoff_seconds = 0;
   STRATA_ASSIGN_OR_RETURN(auto http, StartMetricsServer(w.me.host, w.me.http_port, w.metrics, [&] {
     decode::SchedulerStats s = scheduler.stats();
     stats.Update(s.running, s.queued, s.free_blocks, s.total_blocks, s.generated_tokens, 0);
+    if (s.handoffs > last_handoffs) handoffs.Increment(static_cast<double>(s.handoffs - last_handoffs));
+    if (s.handoff_seconds > last_handoff_seconds) handoff_seconds.Increment(s.handoff_seconds - last_handoff_seconds);
+    last_handoffs = s.handoffs;
+    last_handoff_seconds = s.handoff_seconds;
   }));
   auto heartbeat = std::make_unique<registry::Heartbeat>(*w.registry, Record(w), kServiceLease, [&] {
     decode::SchedulerStats s = scheduler.stats();

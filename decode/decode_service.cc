@@ -111,7 +111,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
                                status = Annotate(status, absl::StrCat("prefill worker ", address));
                                spdlog::warn("request {}: {}", id, status.ToString());
                              }
-                             scheduler->Landed(id, status);
+                             scheduler->Landed(id, status, call->reply.transfer_wait_ms());
                            });
   }
 

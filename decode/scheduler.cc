@@ -1,6 +1,7 @@
 #include "decode/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <utility>
 
@@ -77,9 +78,9 @@ void Scheduler::Cancel(const std::string& id) {
   inbox_.cancelled.push_back(id);
 }
 
-void Scheduler::Landed(const std::string& id, absl::Status status) {
+void Scheduler::Landed(const std::string& id, absl::Status status, double transfer_wait_ms) {
   absl::MutexLock lock(&mu_);
-  inbox_.landed.emplace_back(id, std::move(status));
+  inbox_.landed.push_back({id, std::move(status), transfer_wait_ms});
 }
 
 SchedulerStats Scheduler::stats() const {
@@ -129,16 +130,19 @@ void Scheduler::Loop() {
     stats_.running = static_cast<int64_t>(admitted_.size());
     stats_.steps = steps_;
     stats_.generated_tokens = generated_total_;
+    stats_.handoffs = handoffs_;
+    stats_.handoff_seconds = handoff_seconds_;
   }
 }
 
 void Scheduler::Drain(Inbox& inbox) {
   for (auto& s : inbox.submitted) waiting_.push_back(std::move(s));
-  for (auto& [id, status] : inbox.landed) {
+  for (auto& l : inbox.landed) {
     for (auto& s : admitted_) {
-      if (s->request.id == id && s->phase == Phase::kLanding) {
+      if (s->request.id == l.id && s->phase == Phase::kLanding) {
         s->has_landed = true;
-        s->landed = status;
+        s->landed = l.status;
+        s->transfer_wait_ms = l.transfer_wait_ms;
       }
     }
   }
@@ -188,11 +192,15 @@ void Scheduler::SettleLandings() {
       continue;
     }
     absl::Status status = s->landed;
+    const auto verify_begin = std::chrono::steady_clock::now();
     if (status.ok()) status = VerifyLanded(*s);
     if (!status.ok()) {
       End(*s, Finish::kNone, Annotate(status, "prefill"));
       continue;
     }
+    ++handoffs_;
+    handoff_seconds_ += s->transfer_wait_ms / 1e3 +
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - verify_begin).count();
     s->phase = Phase::kRunning;
   }
   std::erase_if(admitted_, [](const auto& s) { return s == nullptr; });

@@ -81,6 +81,10 @@ struct SchedulerStats {
   int64_t total_blocks = 0;
   int64_t steps = 0;
   int64_t generated_tokens = 0;
+  // KV hand-offs completed and their exposed time: the prefill worker's wait for its pushes plus
+  // this worker's verification of the landed records.
+  int64_t handoffs = 0;
+  double handoff_seconds = 0;
 };
 
 class Scheduler {
@@ -97,7 +101,8 @@ class Scheduler {
   // Ends the request with Cancelled (a landing request once its transfer has settled).
   void Cancel(const std::string& id);
   // The remote prefill of `id` finished (OK: its blocks and state landed) or failed.
-  void Landed(const std::string& id, absl::Status status);
+  // `transfer_wait_ms`: what the prefill worker spent waiting for its pushes (PrefillReply).
+  void Landed(const std::string& id, absl::Status status, double transfer_wait_ms = 0);
 
   SchedulerStats stats() const;
   // State landing slots, for registering with a transport: max_batch slots of state_bytes.
@@ -119,11 +124,17 @@ class Scheduler {
     bool cancelled = false;
     absl::Status landed;      // set by Landed()
     bool has_landed = false;
+    double transfer_wait_ms = 0;
   };
   struct Inbox {
     std::vector<std::unique_ptr<Sequence>> submitted;
     std::vector<std::string> cancelled;
-    std::vector<std::pair<std::string, absl::Status>> landed;
+    struct Landing {
+      std::string id;
+      absl::Status status;
+      double transfer_wait_ms;
+    };
+    std::vector<Landing> landed;
   };
 
   void Loop();
@@ -150,7 +161,8 @@ class Scheduler {
   // Loop thread only.
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> admitted_;
-  int64_t steps_ = 0, generated_total_ = 0;
+  int64_t steps_ = 0, generated_total_ = 0, handoffs_ = 0;
+  double handoff_seconds_ = 0;
   std::thread thread_;
 };
 

@@ -31,7 +31,7 @@ class PrefillReactor final : public grpc::ServerUnaryReactor {
       reply->set_tokens(result->tokens);
       reply->set_kv_bytes(result->kv_bytes);
       reply->set_compute_ms(result->compute_ms);
-      reply->set_transfer_tail_ms(result->transfer_tail_ms);
+      reply->set_transfer_wait_ms(result->transfer_wait_ms);
       Finish(grpc::Status::OK);
     };
     absl::Status s = worker_.Submit(std::move(job));

@@ -62,6 +62,7 @@ struct PrefillWorker::Running {
   bool cancelled = false;
   int64_t step_start = 0, step_tokens = 0;  // this step's slice of the prompt
   double compute_ms = 0;
+  double wait_ms = 0;
   uint64_t bytes = 0;
 };
 
@@ -290,15 +291,18 @@ void PrefillWorker::RunStep() {
     }
   }
   uint64_t bytes = 0;
+  (void)step_end;
   for (Running* r : in_step) {
+    const auto wait_begin = SteadyClock::now();
     absl::Status landed = r->tracker->Wait(kTransferTimeout);
-    const double tail_ms = std::chrono::duration<double, std::milli>(SteadyClock::now() - step_end).count();
+    r->wait_ms += std::chrono::duration<double, std::milli>(SteadyClock::now() - wait_begin).count();
     bytes += r->bytes;
     if (!landed.ok()) {
       endpoints_.erase(r->job.target.transport_address);  // reconnect next time
       Complete(*r, Annotate(landed, "pushing KV to the decode worker"));
     } else if (r->cache.position == static_cast<int64_t>(r->job.tokens.size())) {
-      PrefillResult result{.tokens = r->cache.position, .kv_bytes = r->bytes, .compute_ms = r->compute_ms, .transfer_tail_ms = tail_ms};
+      PrefillResult result{.tokens = r->cache.position, .kv_bytes = r->bytes, .compute_ms = r->compute_ms,
+                           .transfer_wait_ms = r->wait_ms};
       r->job.done(result);
       r->job.done = nullptr;
       Complete(*r, absl::OkStatus());

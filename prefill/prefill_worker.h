@@ -41,7 +41,9 @@ struct PrefillResult {
   int64_t tokens = 0;
   uint64_t kv_bytes = 0;
   double compute_ms = 0;        // time in Model::Step for this job's steps
-  double transfer_tail_ms = 0;  // after the last step: waiting for the last bytes to land
+  // Time spent waiting for pushes after compute (every chunk's tail, the last one included): the
+  // exposed part of the hand-off, which the layer-by-layer overlap did not hide.
+  double transfer_wait_ms = 0;
 };
 
 struct Job {

@@ -14,6 +14,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/text_serializer.h"
+#include "router/generation.h"
 #include "spdlog/spdlog.h"
 
 namespace strata::router {
@@ -29,20 +30,6 @@ constexpr int kClientClosed = 499;
 
 absl::string_view RouteOf(Endpoint endpoint) {
   return endpoint == Endpoint::kChatCompletions ? kChatRoute : kCompletionsRoute;
-}
-
-std::string NewTraceparent() {
-  thread_local absl::BitGen gen;
-  return absl::StrFormat("00-%016x%016x-%016x-01", absl::Uniform<uint64_t>(gen),
-                         absl::Uniform<uint64_t>(gen), absl::Uniform<uint64_t>(gen) | 1);
-}
-
-// A W3C traceparent as sent by the client ("00-<32 hex>-<16 hex>-<2 hex>"), or a new one.
-std::string TraceparentFor(absl::string_view header) {
-  if (header.size() == 55 && header[2] == '-' && header[35] == '-' && header[52] == '-') {
-    return std::string(header);
-  }
-  return NewTraceparent();
 }
 
 int64_t Millis(absl::Duration d) { return absl::ToInt64Milliseconds(d); }
@@ -120,8 +107,7 @@ class OpenAiFront::Request {
         traceparent_(std::move(traceparent)),
         meta_(std::move(meta)),
         start_(start),
-        decoder_(front.tokenizer_),
-        stops_(api_.stop) {}
+        completion_(front.tokenizer_, api_.stop, api_.ignore_eos) {}
 
   const ApiRequest& api() const { return api_; }
   const ResponseMeta& meta() const { return meta_; }
@@ -132,7 +118,7 @@ class OpenAiFront::Request {
 
   void SetPrompt(int64_t prompt_tokens, int64_t max_tokens) {
     prompt_tokens_ = prompt_tokens;
-    max_tokens_ = max_tokens;
+    completion_.set_max_tokens(max_tokens);
   }
 
   bool cancelled() {
@@ -194,45 +180,31 @@ class OpenAiFront::Request {
           .Observe(absl::ToDoubleSeconds(ttft_));
     }
     std::string text;
-    for (size_t i = 0; i < event.tokens.size() && finish_ == FinishReason::kNone; ++i) {
+    for (size_t i = 0; i < event.tokens.size() && completion_.finish() == FinishReason::kNone;
+         ++i) {
       const int32_t token = event.tokens[i];
-      ++completion_tokens_;
-      const bool eos = token == tokenizer.eos_id();
-      const bool special = eos || token == tokenizer.bos_id();  // never shown as text
       if (api_.logprobs) {
         absl::StatusOr<std::string> piece = tokenizer.Decode(absl::MakeConstSpan(&token, 1));
-        pending_logprobs_.push_back(
-            TokenLogprob{.token = special || !piece.ok() ? std::string() : *std::move(piece),
-                         .logprob = i < event.logprobs.size() ? event.logprobs[i] : 0.0f,
-                         .text_offset = emitted_bytes_ + static_cast<int64_t>(text.size())});
+        pending_logprobs_.push_back(TokenLogprob{
+            .token = completion_.Hidden(token) || !piece.ok() ? std::string() : *std::move(piece),
+            .logprob = i < event.logprobs.size() ? event.logprobs[i] : 0.0f,
+            .text_offset = emitted_bytes_ + static_cast<int64_t>(text.size())});
       }
-      if (!special) text += stops_.Push(decoder_.Push(token));
-      if (stops_.stopped() || (eos && !api_.ignore_eos)) {
-        finish_ = FinishReason::kStop;
-      } else if (completion_tokens_ >= max_tokens_) {
-        finish_ = FinishReason::kLength;
-      }
+      text += completion_.Push(token);
     }
-    // A stop sequence completed here: the upstream need not go on (its final event follows).
-    if (finish_ == FinishReason::kStop && !event.done) Cancel();
+    // EOS or a stop sequence came here: the upstream need not go on (its final event follows).
+    if (completion_.finish() == FinishReason::kStop && !event.done) Cancel();
     if (!event.done) {
       Emit(std::move(text));
       return;
     }
 
     cached_tokens_ = event.cached_tokens;
-    if (finish_ == FinishReason::kNone && !event.status.ok()) {
+    if (completion_.finish() == FinishReason::kNone && !event.status.ok()) {
       if (exchange_->disconnected()) return Account(kClientClosed, "client went away");
       return FailUpstream(event.status);
     }
-    if (!stops_.stopped()) {  // what was held back is part of the answer
-      text += stops_.Push(decoder_.Flush());
-      text += stops_.Flush();
-    }
-    if (finish_ == FinishReason::kNone) {
-      finish_ = stops_.stopped() || event.finish != FinishReason::kLength ? FinishReason::kStop
-                                                                          : FinishReason::kLength;
-    }
+    text += completion_.Finish(event.finish);
     if (exchange_->disconnected()) return Account(kClientClosed, "client went away");
     Finish(std::move(text));
   }
@@ -278,7 +250,7 @@ class OpenAiFront::Request {
 
   void Finish(std::string text) {
     const Usage usage{.prompt_tokens = prompt_tokens_,
-                      .completion_tokens = completion_tokens_,
+                      .completion_tokens = completion_.tokens(),
                       .cached_tokens = cached_tokens_};
     // Accounted first: the slot is free by the time the client sees the end.
     Account(200, "");
@@ -287,7 +259,7 @@ class OpenAiFront::Request {
       exchange_->Respond({.status = 200,
                           .content_type = std::string(kJson),
                           .headers = {{"X-Request-Id", meta_.id}},
-                          .body = CompletionJson(meta_, text_, finish_, usage,
+                          .body = CompletionJson(meta_, text_, completion_.finish(), usage,
                                                  api_.logprobs ? &pending_logprobs_ : nullptr)});
       return;
     }
@@ -296,7 +268,7 @@ class OpenAiFront::Request {
       Write(StreamChunkJson(meta_, text, false, FinishReason::kNone,
                             api_.logprobs ? &pending_logprobs_ : nullptr, api_.include_usage));
     }
-    Write(StreamChunkJson(meta_, "", false, finish_, nullptr, api_.include_usage));
+    Write(StreamChunkJson(meta_, "", false, completion_.finish(), nullptr, api_.include_usage));
     if (api_.include_usage) Write(UsageChunkJson(meta_, usage));
     exchange_->Write(std::string(kSseDone));
     exchange_->Finish();
@@ -327,21 +299,21 @@ class OpenAiFront::Request {
     m.prompt_tokens.Add({{"route", route_label}}).Increment(static_cast<double>(prompt_tokens_));
     m.cached_tokens.Add({{"route", route_label}}).Increment(static_cast<double>(cached_tokens_));
     m.completion_tokens.Add({{"route", route_label}})
-        .Increment(static_cast<double>(completion_tokens_));
-    const char* finish = FinishReasonName(finish_);
+        .Increment(static_cast<double>(completion_.tokens()));
+    const char* finish = FinishReasonName(completion_.finish());
     if (status == 200 || status == kClientClosed) {
       spdlog::info(
           "{} {} tenant={} status={} prompt_tokens={} cached_tokens={} completion_tokens={} "
           "finish={} ttft_ms={} total_ms={}",
           meta_.id, ToStd(route()), tenant_, status, prompt_tokens_, cached_tokens_,
-          completion_tokens_, finish == nullptr ? "none" : finish, saw_token_ ? Millis(ttft_) : -1,
-          Millis(elapsed));
+          completion_.tokens(), finish == nullptr ? "none" : finish,
+          saw_token_ ? Millis(ttft_) : -1, Millis(elapsed));
     } else {
       // Client errors are routine (info); server-side failures are worth a look (warning).
       const auto level = status >= 500 ? spdlog::level::warn : spdlog::level::info;
       spdlog::log(level,
                   "{} {} tenant={} status={} prompt_tokens={} completion_tokens={} total_ms={}: {}",
-                  meta_.id, ToStd(route()), tenant_, status, prompt_tokens_, completion_tokens_,
+                  meta_.id, ToStd(route()), tenant_, status, prompt_tokens_, completion_.tokens(),
                   Millis(elapsed), ToStd(error));
     }
     front_.ReleaseSlot();
@@ -370,16 +342,13 @@ class OpenAiFront::Request {
 
   // Set by Prepare before the upstream call starts.
   int64_t prompt_tokens_ = 0;
-  int64_t max_tokens_ = 0;
 
-  // The generation, touched only by the thread delivering events.
-  engine::IncrementalDecoder decoder_;
-  engine::StopMatcher stops_;
-  FinishReason finish_ = FinishReason::kNone;
+  // The generation, touched only by the thread delivering events (its max_tokens set by
+  // Prepare before the upstream call starts).
+  CompletionText completion_;
   bool saw_token_ = false;
   bool stream_started_ = false;
   absl::Duration ttft_;
-  int64_t completion_tokens_ = 0;
   int64_t cached_tokens_ = 0;
   int64_t emitted_bytes_ = 0;
   std::string text_;  // the whole completion, when not streaming
@@ -648,54 +617,34 @@ void OpenAiFront::Prepare(std::shared_ptr<Request> request) {
     prompt = tokenizer_.Encode(*text);
   } else if (api.prompt_ids.has_value()) {
     prompt = *api.prompt_ids;
-    for (size_t i = 0; i < prompt.size(); ++i) {
-      if (prompt[i] >= tokenizer_.num_tokens()) {
-        return request->Fail(
-            {.http_status = 400,
-             .message =
-                 absl::StrCat("'prompt' token id ", prompt[i], " at position ", i,
-                              " is outside the vocabulary (0..", tokenizer_.num_tokens() - 1, ")"),
-             .param = "prompt"});
-      }
+    if (absl::Status ids = CheckTokenIds(tokenizer_, prompt, "prompt"); !ids.ok()) {
+      return request->Fail(ApiErrorFromStatus(WithParam(ids, "prompt")));
     }
   } else {
-    prompt = tokenizer_.Encode(api.prompt);
-    prompt.insert(prompt.begin(), tokenizer_.bos_id());
+    prompt = EncodePrompt(tokenizer_, api.prompt);
   }
 
-  const int64_t context = options_.max_context_tokens;
   const int64_t prompt_tokens = static_cast<int64_t>(prompt.size());
   request->SetPrompt(prompt_tokens, 0);
-  if (prompt_tokens > context) {
+  absl::StatusOr<int64_t> max_tokens =
+      FitToContext(prompt_tokens, api.max_tokens, options_.default_max_tokens,
+                   options_.max_context_tokens, prompt_param);
+  if (!max_tokens.ok()) {
+    // Prompt alone too long: 413; prompt + max_tokens over the context: 400.
+    const bool too_long = absl::IsOutOfRange(max_tokens.status());
     return request->Fail(
-        {.http_status = 413,
-         .message = absl::StrCat("This model's maximum context length is ", context,
-                                 " tokens, but your prompt has ", prompt_tokens,
-                                 " tokens. Please shorten the ", chat ? "messages" : "prompt", "."),
-         .param = prompt_param,
+        {.http_status = too_long ? 413 : 400,
+         .message = std::string(max_tokens.status().message()),
+         .param = too_long || !api.max_tokens.has_value() ? prompt_param : "max_tokens",
          .code = "context_length_exceeded"});
   }
-  const int64_t room = context - prompt_tokens;
-  const int64_t max_tokens = api.max_tokens.value_or(std::min(options_.default_max_tokens, room));
-  if (max_tokens > room || max_tokens <= 0) {
-    return request->Fail(
-        {.http_status = 400,
-         .message = absl::StrCat(
-             "This model's maximum context length is ", context, " tokens. However, you requested ",
-             prompt_tokens + std::max<int64_t>(max_tokens, 1), " tokens (", prompt_tokens,
-             " in the ", chat ? "messages" : "prompt", ", ", std::max<int64_t>(max_tokens, 1),
-             " in the completion). Please reduce the length of the ", chat ? "messages" : "prompt",
-             " or of the completion (max_tokens)."),
-         .param = api.max_tokens.has_value() ? "max_tokens" : prompt_param,
-         .code = "context_length_exceeded"});
-  }
-  request->SetPrompt(prompt_tokens, max_tokens);
+  request->SetPrompt(prompt_tokens, *max_tokens);
 
   UpstreamRequest upstream{.request_id = request->meta().id,
                            .tenant = request->tenant(),
                            .traceparent = request->traceparent(),
                            .prompt = std::move(prompt),
-                           .max_tokens = max_tokens,
+                           .max_tokens = *max_tokens,
                            .sampling = api.sampling,
                            .ignore_eos = api.ignore_eos,
                            .logprobs = api.logprobs ? 0 : -1};

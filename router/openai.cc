@@ -9,6 +9,7 @@
 #include "common/status.h"
 #include "common/strings.h"
 #include "nlohmann/json.hpp"
+#include "router/generation.h"
 #include "simdjson.h"
 
 namespace strata::router {
@@ -20,7 +21,7 @@ using Json = nlohmann::json;
 
 constexpr absl::string_view kParamUrl = "strata.router/openai.param";
 constexpr absl::string_view kCodeUrl = "strata.router/openai.code";
-constexpr size_t kMaxStops = 4;
+constexpr size_t kMaxStops = kMaxStopSequences;
 constexpr int64_t kMaxMaxTokens = int64_t{1} << 30;
 
 absl::Status Invalid(absl::string_view param, absl::string_view message) {
@@ -165,15 +166,12 @@ absl::Status ParseMessages(const element& value, ApiRequest& out) {
       return Invalid(at + ".role", absl::StrCat("'", at, ".role' is required"));
     }
     STRATA_ASSIGN_OR_RETURN(std::string_view role_name, GetString(at + ".role", role));
-    if (role_name == "developer") role_name = "system";  // OpenAI's newer name for system
-    if (role_name != "system" && role_name != "user" && role_name != "assistant" &&
-        role_name != "tool") {
-      return Invalid(at + ".role", absl::StrCat("'", at,
-                                                ".role' must be one of system, developer, "
-                                                "user, assistant, tool; not '",
-                                                ToAbsl(role_name), "'"));
+    std::optional<std::string> canonical = CanonicalChatRole(ToAbsl(role_name));
+    if (!canonical.has_value()) {
+      return Invalid(at + ".role", absl::StrCat("'", at, ".role' must be one of ", kChatRoles,
+                                                "; not '", ToAbsl(role_name), "'"));
     }
-    message.role = std::string(role_name);
+    message.role = *std::move(canonical);
     const std::string content_param = at + ".content";
     if (object.at_key("content").get(content) != simdjson::SUCCESS || content.is_null()) {
       if (message.role != "assistant") {

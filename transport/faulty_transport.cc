@@ -45,14 +45,16 @@ class FaultCore {
                    done(absl::UnavailableError(absl::StrCat(op, " dropped by FaultyTransport")));
                    return;
                  case Fate::kFail:
-                   done(absl::UnavailableError(absl::StrCat(op, " failed by FaultyTransport: operation ", index + 1,
-                                                            " after fail_after=", options_.fail_after)));
+                   done(absl::UnavailableError(
+                       absl::StrCat(op, " failed by FaultyTransport: operation ", index + 1,
+                                    " after fail_after=", options_.fail_after)));
                    return;
                }
              },
          .fail = std::move(fail),
          .not_before = absl::Now() + options_.delay});
-    if (!posted) done(absl::CancelledError(absl::StrCat(op, ": the faulty transport is shut down")));
+    if (!posted)
+      done(absl::CancelledError(absl::StrCat(op, ": the faulty transport is shut down")));
   }
 
   void Shutdown() {
@@ -92,7 +94,8 @@ class FaultyEndpoint final : public Endpoint {
         std::move(done));
   }
 
-  void Get(void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset, Completion done) override {
+  void Get(void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset,
+           Completion done) override {
     core_->Run(
         "get",
         [inner = inner_, local, len, remote, remote_offset](Completion d) {
@@ -104,12 +107,15 @@ class FaultyEndpoint final : public Endpoint {
   void Send(uint16_t id, std::string_view payload, Completion done) override {
     core_->Run(
         "send",
-        [inner = inner_, id, payload = std::string(payload)](Completion d) { inner->Send(id, payload, std::move(d)); },
+        [inner = inner_, id, payload = std::string(payload)](Completion d) {
+          inner->Send(id, payload, std::move(d));
+        },
         std::move(done));
   }
 
   void Flush(Completion done) override {
-    core_->Run("flush", [inner = inner_](Completion d) { inner->Flush(std::move(d)); }, std::move(done));
+    core_->Run(
+        "flush", [inner = inner_](Completion d) { inner->Flush(std::move(d)); }, std::move(done));
   }
 
   const std::string& peer() const override { return inner_->peer(); }
@@ -133,6 +139,9 @@ class FaultyTransport final : public Transport {
   absl::StatusOr<std::unique_ptr<MemoryRegistration>> Register(void* base, size_t len) override {
     return inner_->Register(base, len);
   }
+  absl::StatusOr<std::unique_ptr<MemoryRegistration>> Allocate(size_t len) override {
+    return inner_->Allocate(len);
+  }
 
   absl::StatusOr<std::shared_ptr<Endpoint>> Connect(const std::string& peer_address) override {
     absl::StatusOr<std::shared_ptr<Endpoint>> inner = inner_->Connect(peer_address);
@@ -151,7 +160,8 @@ class FaultyTransport final : public Transport {
 
 }  // namespace
 
-std::unique_ptr<Transport> MakeFaultyTransport(std::unique_ptr<Transport> inner, const FaultOptions& options) {
+std::unique_ptr<Transport> MakeFaultyTransport(std::unique_ptr<Transport> inner,
+                                               const FaultOptions& options) {
   return std::make_unique<FaultyTransport>(std::move(inner), options);
 }
 

@@ -27,7 +27,9 @@ namespace {
 constexpr size_t kQueueCapacity = 4096;
 
 // Whether [offset, offset + len) fits in [0, size), without overflow.
-bool Fits(uint64_t offset, uint64_t len, uint64_t size) { return offset <= size && len <= size - offset; }
+bool Fits(uint64_t offset, uint64_t len, uint64_t size) {
+  return offset <= size && len <= size - offset;
+}
 
 // The state a transport shares with its endpoints and registrations (they may outlive it).
 class Core {
@@ -56,7 +58,8 @@ class Core {
                           if (it != handlers_.end()) handler = it->second;
                         }
                         if (handler == nullptr) {
-                          spdlog::warn("transport {}: no handler for message id {}; dropped", name_, id);
+                          spdlog::warn("transport {}: no handler for message id {}; dropped", name_,
+                                       id);
                           return;
                         }
                         (*handler)(payload);
@@ -71,7 +74,8 @@ class Core {
 
   std::string AddRegion(char* base, size_t len) {
     absl::WriterMutexLock lock(&regions_mu_);
-    std::string key = absl::StrFormat("%s/%d/%016x", name_, next_region_++, absl::Uniform<uint64_t>(bitgen_));
+    std::string key =
+        absl::StrFormat("%s/%d/%016x", name_, next_region_++, absl::Uniform<uint64_t>(bitgen_));
     regions_[key] = Region{base, len};
     return key;
   }
@@ -82,25 +86,28 @@ class Core {
   }
 
   // Copies between `local` and the registered memory `remote` describes (into it when `write`).
-  absl::Status Copy(bool write, void* local, size_t len, const RemoteRegion& remote, uint64_t offset) {
+  absl::Status Copy(bool write, void* local, size_t len, const RemoteRegion& remote,
+                    uint64_t offset) {
     const char* op = write ? "put" : "get";
     if (!Fits(offset, len, remote.length)) {
-      return absl::OutOfRangeError(absl::StrFormat(
-          "%s of %d bytes at offset %d leaves the remote region of %d bytes", op, len, offset, remote.length));
+      return absl::OutOfRangeError(
+          absl::StrFormat("%s of %d bytes at offset %d leaves the remote region of %d bytes", op,
+                          len, offset, remote.length));
     }
     absl::ReaderMutexLock lock(&regions_mu_);
     auto it = regions_.find(remote.key);
     if (it == regions_.end()) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: the remote region is not registered at %s (unregistered, or described by another transport)", op,
-          name_));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: the remote region is not registered at %s (unregistered, or "
+                          "described by another transport)",
+                          op, name_));
     }
     const Region& region = it->second;
     const uint64_t base = reinterpret_cast<uintptr_t>(region.base);
     if (remote.address < base || !Fits(remote.address - base + offset, len, region.len)) {
-      return absl::OutOfRangeError(absl::StrFormat(
-          "%s of %d bytes at 0x%x leaves the region of %d bytes registered at %s", op, len, remote.address + offset,
-          region.len, name_));
+      return absl::OutOfRangeError(
+          absl::StrFormat("%s of %d bytes at 0x%x leaves the region of %d bytes registered at %s",
+                          op, len, remote.address + offset, region.len, name_));
     }
     char* target = region.base + (remote.address - base + offset);
     if (len > 0) {
@@ -114,8 +121,8 @@ class Core {
   }
 
   void Shutdown() {
-    thread_.Stop(absl::CancelledError(
-        absl::StrCat("in-process transport ", name_, " was destroyed with the operation in flight")));
+    thread_.Stop(absl::CancelledError(absl::StrCat("in-process transport ", name_,
+                                                   " was destroyed with the operation in flight")));
   }
 
  private:
@@ -128,7 +135,8 @@ class Core {
   internal::TaskThread thread_;
 
   absl::Mutex handlers_mu_;
-  absl::flat_hash_map<uint16_t, std::shared_ptr<Transport::MessageHandler>> handlers_ ABSL_GUARDED_BY(handlers_mu_);
+  absl::flat_hash_map<uint16_t, std::shared_ptr<Transport::MessageHandler>> handlers_
+      ABSL_GUARDED_BY(handlers_mu_);
 
   absl::Mutex regions_mu_;
   absl::flat_hash_map<std::string, Region> regions_ ABSL_GUARDED_BY(regions_mu_);
@@ -162,13 +170,15 @@ class InProcEndpoint final : public Endpoint {
     Copy(/*write=*/true, const_cast<void*>(local), len, remote, remote_offset, std::move(done));
   }
 
-  void Get(void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset, Completion done) override {
+  void Get(void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset,
+           Completion done) override {
     Copy(/*write=*/false, local, len, remote, remote_offset, std::move(done));
   }
 
   void Send(uint16_t id, std::string_view payload, Completion done) override {
     local_->Submit(
-        [this_peer = peer_, peer_name = peer_name_, id, payload = std::string(payload), done]() mutable {
+        [this_peer = peer_, peer_name = peer_name_, id, payload = std::string(payload),
+         done]() mutable {
           std::shared_ptr<Core> peer = this_peer.lock();
           if (peer == nullptr) return done(PeerGone(peer_name, "send"));
           peer->Deliver(id, std::move(payload));
@@ -186,13 +196,15 @@ class InProcEndpoint final : public Endpoint {
 
  private:
   static absl::Status PeerGone(const std::string& peer, const char* op) {
-    return absl::UnavailableError(absl::StrCat(op, " to in-process transport ", peer, ": the peer is gone"));
+    return absl::UnavailableError(
+        absl::StrCat(op, " to in-process transport ", peer, ": the peer is gone"));
   }
 
   void Copy(bool write, void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset,
             Completion done) {
     local_->Submit(
-        [this_peer = peer_, peer_name = peer_name_, write, local, len, remote, remote_offset, done] {
+        [this_peer = peer_, peer_name = peer_name_, write, local, len, remote, remote_offset,
+         done] {
           std::shared_ptr<Core> peer = this_peer.lock();
           if (peer == nullptr) return done(PeerGone(peer_name, write ? "put" : "get"));
           done(peer->Copy(write, local, len, remote, remote_offset));
@@ -250,7 +262,8 @@ class InProcTransport final : public Transport {
 
   absl::StatusOr<std::unique_ptr<MemoryRegistration>> Register(void* base, size_t len) override {
     if (base == nullptr || len == 0) {
-      return absl::InvalidArgumentError(absl::StrFormat("register: empty region (%p, %d bytes)", base, len));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("register: empty region (%p, %d bytes)", base, len));
     }
     return std::make_unique<InProcRegistration>(core_, base, len);
   }
@@ -264,7 +277,9 @@ class InProcTransport final : public Transport {
     return std::make_shared<InProcEndpoint>(core_, std::move(peer), peer_address);
   }
 
-  void SetMessageHandler(uint16_t id, MessageHandler handler) override { core_->SetHandler(id, std::move(handler)); }
+  void SetMessageHandler(uint16_t id, MessageHandler handler) override {
+    core_->SetHandler(id, std::move(handler));
+  }
 
  private:
   const std::shared_ptr<InProcFabric> fabric_;

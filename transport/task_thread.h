@@ -24,8 +24,8 @@
 namespace strata::transport::internal {
 
 struct Task {
-  std::function<void()> run;                 // on the thread, once `not_before` has passed
-  std::function<void(absl::Status)> fail;    // instead of `run`, when the thread stopped first
+  std::function<void()> run;               // on the thread, once `not_before` has passed
+  std::function<void(absl::Status)> fail;  // instead of `run`, when the thread stopped first
   absl::Time not_before = absl::InfinitePast();
 };
 

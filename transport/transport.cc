@@ -1,6 +1,10 @@
 // Blocking helpers over the asynchronous Endpoint operations.
 #include "transport/transport.h"
 
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 
 namespace strata::transport {
@@ -20,7 +24,37 @@ absl::Status Wait(Issue issue) {
   return result;
 }
 
+// Heap memory and its registration, released in that order.
+class OwnedRegistration final : public MemoryRegistration {
+ public:
+  OwnedRegistration(void* memory, std::unique_ptr<MemoryRegistration> registration)
+      : memory_(memory), registration_(std::move(registration)) {}
+  ~OwnedRegistration() override {
+    registration_.reset();
+    std::free(memory_);
+  }
+  RemoteRegion Describe() const override { return registration_->Describe(); }
+
+ private:
+  void* memory_;
+  std::unique_ptr<MemoryRegistration> registration_;
+};
+
 }  // namespace
+
+absl::StatusOr<std::unique_ptr<MemoryRegistration>> Transport::Allocate(size_t len) {
+  if (len == 0) return absl::InvalidArgumentError("allocate: empty region");
+  void* memory = std::aligned_alloc(64, (len + 63) / 64 * 64);
+  if (memory == nullptr)
+    return absl::ResourceExhaustedError(absl::StrFormat("allocate %d bytes", len));
+  std::memset(memory, 0, len);
+  absl::StatusOr<std::unique_ptr<MemoryRegistration>> registration = Register(memory, len);
+  if (!registration.ok()) {
+    std::free(memory);
+    return registration.status();
+  }
+  return std::make_unique<OwnedRegistration>(memory, *std::move(registration));
+}
 
 absl::Status PutSync(Endpoint& ep, const void* local, size_t len, const RemoteRegion& remote,
                      uint64_t remote_offset) {

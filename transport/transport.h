@@ -73,6 +73,12 @@ class Transport {
   // This transport's address for peers' Connect().
   virtual std::string address() const = 0;
   virtual absl::StatusOr<std::unique_ptr<MemoryRegistration>> Register(void* base, size_t len) = 0;
+  // Allocates `len` bytes (zeroed, 64-byte aligned), registered with this transport; the memory
+  // is at Describe().address and lives as long as the registration. Peers on the same host put
+  // into it fastest: UCX places it in shared memory that they map directly (memory registered with
+  // Register() is reached through tcp or emulated puts there). The default allocates on the heap
+  // and registers it.
+  virtual absl::StatusOr<std::unique_ptr<MemoryRegistration>> Allocate(size_t len);
   virtual absl::StatusOr<std::shared_ptr<Endpoint>> Connect(const std::string& peer_address) = 0;
   // Handler for messages with `id`; set before peers send them. Runs on the progress thread.
   virtual void SetMessageHandler(uint16_t id, MessageHandler handler) = 0;

@@ -60,16 +60,18 @@ using internal::MessageHeader;
 using internal::Task;
 using internal::UcxError;
 
-constexpr size_t kMaxInFlight = 8192;        // operations queued or in UCP, per transport
-constexpr size_t kMaxMessage = 64 << 10;     // Send payloads, sent eagerly
-constexpr unsigned kAmId = 0;                // the one UCX AM id (the caller's id is in the header)
-constexpr size_t kMaxEarlyMessages = 1024;   // per stream, waiting for an earlier one
+constexpr size_t kMaxInFlight = 8192;       // operations queued or in UCP, per transport
+constexpr size_t kMaxMessage = 64 << 10;    // Send payloads, sent eagerly
+constexpr unsigned kAmId = 0;               // the one UCX AM id (the caller's id is in the header)
+constexpr size_t kMaxEarlyMessages = 1024;  // per stream, waiting for an earlier one
 constexpr size_t kMaxRkeysPerEndpoint = 4096;
-constexpr int kSpinsBeforeSleep = 64;        // idle progress rounds before arming the worker
+constexpr int kSpinsBeforeSleep = 64;  // idle progress rounds before arming the worker
 constexpr absl::Duration kCloseDeadline = absl::Seconds(10);
 constexpr absl::Duration kConnectDeadline = absl::Seconds(30);
 
-bool Fits(uint64_t offset, uint64_t len, uint64_t size) { return offset <= size && len <= size - offset; }
+bool Fits(uint64_t offset, uint64_t len, uint64_t size) {
+  return offset <= size && len <= size - offset;
+}
 
 class UcxCore;
 thread_local UcxCore* progress_core = nullptr;
@@ -88,12 +90,13 @@ struct EpState {
   UcxCore* core = nullptr;
   uint64_t id = 0;
   ucp_ep_h ep = nullptr;
-  std::shared_ptr<const std::string> name;  // "ucx peer <hash>", for errors and logs
-  absl::Status error;                       // once set, every operation fails with it
+  std::shared_ptr<const std::string> name;             // "ucx peer <hash>", for errors and logs
+  absl::Status error;                                  // once set, every operation fails with it
   absl::flat_hash_map<std::string, ucp_rkey_h> rkeys;  // framed key → unpacked rkey
-  uint64_t puts_issued = 0;   // count of puts issued (the put epoch)
+  uint64_t puts_issued = 0;                            // count of puts issued (the put epoch)
   uint64_t puts_flushed = 0;  // every put up to this epoch is remotely complete
   uint64_t flush_target = 0;  // the highest epoch a flush in flight covers
+  bool flush_wanted = false;  // puts await a flush the loop issues after this round
   std::deque<Ordered> ordered;
   // Puts done locally, completed once a flush shows them remotely complete.
   struct AwaitingPut {
@@ -113,8 +116,8 @@ struct Op {
   UcxCore* core = nullptr;
   const char* verb = "";
   std::shared_ptr<const std::string> peer;
-  Completion done;                           // may be empty (internal operations)
-  std::function<void(ucs_status_t)> then;    // progress-thread continuation, before `done`
+  Completion done;                         // may be empty (internal operations)
+  std::function<void(ucs_status_t)> then;  // progress-thread continuation, before `done`
   MessageHeader header;
   std::string payload;
   bool finished = false;
@@ -146,13 +149,15 @@ class UcxCore {
     handlers_[id] = std::make_shared<Transport::MessageHandler>(std::move(handler));
   }
 
-  absl::StatusOr<uint64_t> CreateEndpoint(std::string_view worker_address, std::shared_ptr<const std::string> name);
-  absl::Status Map(void* base, size_t len, ucp_mem_h* memh, std::string* packed_key);
+  absl::StatusOr<uint64_t> CreateEndpoint(std::string_view worker_address,
+                                          std::shared_ptr<const std::string> name);
+  // Registers [base, base + len), or with base == nullptr allocates len bytes (*base is set).
+  absl::Status Map(void** base, size_t len, ucp_mem_h* memh, std::string* packed_key);
   void Unmap(ucp_mem_h memh);
 
   // Progress thread only.
-  void DoTransfer(bool put, uint64_t ep_id, void* local, size_t len, const RemoteRegion& remote, uint64_t offset,
-                  Completion done);
+  void DoTransfer(bool put, uint64_t ep_id, void* local, size_t len, const RemoteRegion& remote,
+                  uint64_t offset, Completion done);
   void DoOrdered(uint64_t ep_id, EpState::Ordered item);
   void ReleaseEndpoint(uint64_t ep_id);
 
@@ -185,6 +190,7 @@ class UcxCore {
   void FailOrdered(EpState& s, const absl::Status& status);
   void AwaitFlush(EpState& s, uint64_t epoch, Completion done);
   void CompleteAwaiting(EpState& s);
+  bool IssueWantedFlushes();  // whether there were any
   void MaybeClose(EpState& s);
   void StartClose(EpState& s, bool force);
   void CloseNow(EpState& s, bool force);
@@ -194,8 +200,8 @@ class UcxCore {
   static void OnClosed(void* request, ucs_status_t status, void* user_data);
   void HandleFailedEndpoints();
 
-  static ucs_status_t OnMessage(void* arg, const void* header, size_t header_length, void* data, size_t length,
-                                const ucp_am_recv_param_t* param);
+  static ucs_status_t OnMessage(void* arg, const void* header, size_t header_length, void* data,
+                                size_t length, const ucp_am_recv_param_t* param);
   void Receive(const MessageHeader& header, std::string_view payload);
   void Dispatch(const MessageHeader& header, std::string_view payload);
 
@@ -216,7 +222,8 @@ class UcxCore {
   absl::Mutex context_mu_;  // ucp_mem_unmap after the progress thread is gone
 
   absl::Mutex handlers_mu_;
-  absl::flat_hash_map<uint16_t, std::shared_ptr<Transport::MessageHandler>> handlers_ ABSL_GUARDED_BY(handlers_mu_);
+  absl::flat_hash_map<uint16_t, std::shared_ptr<Transport::MessageHandler>> handlers_
+      ABSL_GUARDED_BY(handlers_mu_);
 
   // Progress thread only.
   struct Stream {
@@ -226,7 +233,8 @@ class UcxCore {
   absl::flat_hash_map<uint64_t, std::unique_ptr<EpState>> eps_;
   absl::flat_hash_set<Op*> ops_;  // with a UCP request in flight
   std::vector<uint64_t> failed_eps_;
-  std::vector<uint64_t> erase_eps_;  // released and closed; erased by the loop
+  std::vector<uint64_t> erase_eps_;   // released and closed; erased by the loop
+  std::vector<uint64_t> want_flush_;  // endpoints with puts awaiting a flush
   absl::flat_hash_map<uint64_t, Stream> streams_;
   absl::flat_hash_map<uint64_t, uint64_t> hello_streams_;  // stream → endpoint, handshake pending
   uint64_t next_ep_id_ = 1;
@@ -246,7 +254,8 @@ absl::StatusOr<std::shared_ptr<UcxCore>> UcxCore::Create(const UcxOptions& optio
     status = ucp_config_modify(config, "TLS", options.transports.c_str());
     if (status != UCS_OK) {
       ucp_config_release(config);
-      return UcxError(absl::StrCat("ucx: set transports (UCX_TLS) to \"", options.transports, "\""), status);
+      return UcxError(absl::StrCat("ucx: set transports (UCX_TLS) to \"", options.transports, "\""),
+                      status);
     }
   }
   ucp_params_t params{};
@@ -285,7 +294,8 @@ absl::StatusOr<std::shared_ptr<UcxCore>> UcxCore::Create(const UcxOptions& optio
   ucp_worker_release_address(core->worker_, address);
 
   core->wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (core->wake_fd_ < 0) return absl::InternalError(absl::StrCat("ucx: eventfd: ", std::strerror(errno)));
+  if (core->wake_fd_ < 0)
+    return absl::InternalError(absl::StrCat("ucx: eventfd: ", std::strerror(errno)));
   // The worker now belongs to the progress thread.
   core->thread_ = std::thread([c = core.get()] { c->Loop(); });
   return core;
@@ -305,7 +315,8 @@ void UcxCore::Stop() {
     stopping_ = true;
     left.swap(queue_);
   }
-  for (Task& task : left) task.fail(absl::CancelledError("ucx transport destroyed with the operation in flight"));
+  for (Task& task : left)
+    task.fail(absl::CancelledError("ucx transport destroyed with the operation in flight"));
   Wake();
   if (thread_.joinable()) thread_.join();
 }
@@ -319,8 +330,9 @@ void UcxCore::Wake() {
 void UcxCore::Loop() {
   progress_core = this;
   int idle = 0;
+  std::deque<Task> batch;  // reused: a fresh deque per round allocates
   for (;;) {
-    std::deque<Task> batch;
+    batch.clear();
     bool stopping;
     {
       absl::MutexLock lock(&mu_);
@@ -330,6 +342,7 @@ void UcxCore::Loop() {
     for (Task& task : batch) task.run();
     unsigned progressed = 0;
     while (ucp_worker_progress(worker_) != 0) ++progressed;
+    if (IssueWantedFlushes()) ++progressed;
     HandleFailedEndpoints();
     EraseReleased();
     if (stopping) break;
@@ -365,7 +378,8 @@ void UcxCore::Loop() {
 
 void UcxCore::Teardown() {
   tearing_down_ = true;
-  const absl::Status gone = absl::CancelledError("ucx transport destroyed with the operation in flight");
+  const absl::Status gone =
+      absl::CancelledError("ucx transport destroyed with the operation in flight");
   // Operations UCP already has are finished, not cut off: closing an endpoint in flush mode lets
   // them complete, and a peer is never left with half a transfer. (UCX 1.13.1 aborts a peer that
   // is still processing tcp-emulated puts when their sender's connection resets.) Endpoints that
@@ -384,10 +398,12 @@ void UcxCore::Teardown() {
   };
   while (closing() && absl::Now() < deadline) {
     ucp_worker_progress(worker_);
+    IssueWantedFlushes();
     HandleFailedEndpoints();
   }
   if (closing()) {
-    spdlog::warn("ucx: endpoints still closing after {}; destroying the worker", absl::FormatDuration(kCloseDeadline));
+    spdlog::warn("ucx: endpoints still closing after {}; destroying the worker",
+                 absl::FormatDuration(kCloseDeadline));
   }
   // Anything UCP has not completed is failed here, and its memory kept until the worker is gone
   // in case UCP calls back while destroying.
@@ -410,7 +426,9 @@ void UcxCore::Submit(std::function<void(Completion)> run, Completion done) {
   {
     absl::MutexLock lock(&mu_);
     if (!OnProgressThread()) {
-      auto room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || in_flight_ < kMaxInFlight; };
+      auto room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || in_flight_ < kMaxInFlight;
+      };
       mu_.Await(absl::Condition(&room));
     }
     if (!stopping_) {
@@ -544,14 +562,33 @@ void UcxCore::Connected(EpState& s, absl::Status status) {
   if (connected != nullptr) connected(std::move(status));
 }
 
-absl::Status UcxCore::Map(void* base, size_t len, ucp_mem_h* memh, std::string* packed_key) {
+absl::Status UcxCore::Map(void** base, size_t len, ucp_mem_h* memh, std::string* packed_key) {
   return RunSync([&]() -> absl::Status {
+    const bool allocate = *base == nullptr;
     ucp_mem_map_params_t params{};
     params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-    params.address = base;
+    params.address = *base;
     params.length = len;
+    if (allocate) {
+      params.field_mask |= UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+      params.flags = UCP_MEM_MAP_ALLOCATE;
+    }
     ucs_status_t status = ucp_mem_map(context_, &params, memh);
-    if (status != UCS_OK) return UcxError(absl::StrFormat("register %d bytes at %p", len, base), status);
+    if (status != UCS_OK) {
+      return UcxError(allocate ? absl::StrFormat("allocate %d registered bytes", len)
+                               : absl::StrFormat("register %d bytes at %p", len, *base),
+                      status);
+    }
+    if (allocate) {
+      ucp_mem_attr_t attr{};
+      attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
+      status = ucp_mem_query(*memh, &attr);
+      if (status != UCS_OK) {
+        ucp_mem_unmap(context_, *memh);
+        return UcxError("query allocated memory", status);
+      }
+      *base = attr.address;
+    }
     void* buffer = nullptr;
     size_t size = 0;
     status = ucp_rkey_pack(context_, *memh, &buffer, &size);
@@ -585,12 +622,14 @@ void UcxCore::Unmap(ucp_mem_h memh) {
 absl::StatusOr<ucp_rkey_h> UcxCore::Rkey(EpState& s, const std::string& key) {
   auto it = s.rkeys.find(key);
   if (it != s.rkeys.end()) return it->second;
-  STRATA_ASSIGN_OR_RETURN(std::string_view packed, internal::Unframe(FrameKind::kRemoteKey, key, "remote region key"));
+  STRATA_ASSIGN_OR_RETURN(std::string_view packed,
+                          internal::Unframe(FrameKind::kRemoteKey, key, "remote region key"));
   // Unpacked keys live as long as the endpoint (UCP forbids destroying one with operations on it
   // in flight); a peer has few registrations, so this bound is never reached by honest use.
   if (s.rkeys.size() >= kMaxRkeysPerEndpoint) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("over ", kMaxRkeysPerEndpoint, " distinct remote regions used on the endpoint to ", *s.name));
+        absl::StrCat("over ", kMaxRkeysPerEndpoint,
+                     " distinct remote regions used on the endpoint to ", *s.name));
   }
   ucp_rkey_h rkey = nullptr;
   const ucs_status_t status = ucp_ep_rkey_unpack(s.ep, packed.data(), &rkey);
@@ -648,15 +687,16 @@ void UcxCore::OnOpDone(void* request, ucs_status_t status, void* user_data) {
   delete op;
 }
 
-void UcxCore::DoTransfer(bool put, uint64_t ep_id, void* local, size_t len, const RemoteRegion& remote,
-                         uint64_t offset, Completion done) {
+void UcxCore::DoTransfer(bool put, uint64_t ep_id, void* local, size_t len,
+                         const RemoteRegion& remote, uint64_t offset, Completion done) {
   const char* verb = put ? "put" : "get";
   EpState* s = FindEp(ep_id);
   if (s == nullptr) return done(absl::InternalError(absl::StrCat(verb, ": unknown endpoint")));
   if (!s->error.ok()) return done(s->error);
   if (!Fits(offset, len, remote.length)) {
-    return done(absl::OutOfRangeError(absl::StrFormat("%s of %d bytes at offset %d leaves the remote region of %d bytes",
-                                                      verb, len, offset, remote.length)));
+    return done(absl::OutOfRangeError(
+        absl::StrFormat("%s of %d bytes at offset %d leaves the remote region of %d bytes", verb,
+                        len, offset, remote.length)));
   }
   if (len == 0) return done(absl::OkStatus());
   absl::StatusOr<ucp_rkey_h> rkey = Rkey(*s, remote.key);
@@ -672,10 +712,12 @@ void UcxCore::DoTransfer(bool put, uint64_t ep_id, void* local, size_t len, cons
   // One flush covers every put issued before it, so a stream of puts needs about one per window.
   const uint64_t epoch = ++s->puts_issued;
   Op* op = NewOp(verb, *s, nullptr);
-  op->then = [this, id = s->id, epoch, peer = s->name, done = std::move(done)](ucs_status_t status) mutable {
+  op->then = [this, id = s->id, epoch, peer = s->name,
+              done = std::move(done)](ucs_status_t status) mutable {
     if (status != UCS_OK) return done(UcxError(absl::StrCat("put to ", *peer), status));
     EpState* s = FindEp(id);
-    if (s == nullptr) return done(absl::CancelledError(absl::StrCat("put to ", *peer, ": the endpoint is gone")));
+    if (s == nullptr)
+      return done(absl::CancelledError(absl::StrCat("put to ", *peer, ": the endpoint is gone")));
     AwaitFlush(*s, epoch, std::move(done));
   };
   const ucp_request_param_t param = Param(op);
@@ -685,9 +727,28 @@ void UcxCore::DoTransfer(bool put, uint64_t ep_id, void* local, size_t len, cons
 void UcxCore::AwaitFlush(EpState& s, uint64_t epoch, Completion done) {
   if (s.puts_flushed >= epoch) return done(absl::OkStatus());
   if (!s.error.ok()) return done(s.error);
-  if (s.ep == nullptr) return done(absl::CancelledError(absl::StrCat("put to ", *s.name, ": the endpoint closed")));
+  if (s.ep == nullptr)
+    return done(absl::CancelledError(absl::StrCat("put to ", *s.name, ": the endpoint closed")));
   s.awaiting.push_back({epoch, std::move(done)});
-  if (s.flush_target < epoch) IssueFlush(s, s.puts_issued, nullptr);
+  // One flush per loop round covers all the puts issued in it, not one per put.
+  if (s.flush_target < epoch && !s.flush_wanted) {
+    s.flush_wanted = true;
+    want_flush_.push_back(s.id);
+  }
+}
+
+bool UcxCore::IssueWantedFlushes() {
+  if (want_flush_.empty()) return false;
+  std::vector<uint64_t> ids;
+  ids.swap(want_flush_);
+  for (uint64_t id : ids) {
+    EpState* s = FindEp(id);
+    if (s == nullptr || !s->flush_wanted) continue;
+    s->flush_wanted = false;
+    if (s->ep != nullptr && s->error.ok() && s->flush_target < s->puts_issued)
+      IssueFlush(*s, s->puts_issued, nullptr);
+  }
+  return true;
 }
 
 void UcxCore::CompleteAwaiting(EpState& s) {
@@ -709,8 +770,8 @@ void UcxCore::DoOrdered(uint64_t ep_id, EpState::Ordered item) {
   if (s == nullptr) return item.done(absl::InternalError("unknown endpoint"));
   if (!s->error.ok()) return item.done(s->error);
   if (!item.is_flush && item.payload.size() > kMaxMessage) {
-    return item.done(absl::InvalidArgumentError(
-        absl::StrFormat("send: a message of %d bytes is over the limit of %d", item.payload.size(), kMaxMessage)));
+    return item.done(absl::InvalidArgumentError(absl::StrFormat(
+        "send: a message of %d bytes is over the limit of %d", item.payload.size(), kMaxMessage)));
   }
   item.put_epoch = s->puts_issued;
   s->ordered.push_back(std::move(item));
@@ -745,7 +806,8 @@ void UcxCore::IssueFlush(EpState& s, uint64_t epoch, Completion done) {
     EpState* s = FindEp(id);
     if (s == nullptr) return;
     if (status != UCS_OK) {
-      FailOrdered(*s, s->error.ok() ? UcxError(absl::StrCat("flush to ", *s->name), status) : s->error);
+      FailOrdered(*s,
+                  s->error.ok() ? UcxError(absl::StrCat("flush to ", *s->name), status) : s->error);
       return;
     }
     s->puts_flushed = std::max(s->puts_flushed, epoch);
@@ -756,15 +818,16 @@ void UcxCore::IssueFlush(EpState& s, uint64_t epoch, Completion done) {
   Track(op, ucp_ep_flush_nbx(s.ep, &param));
 }
 
-void UcxCore::IssueMessage(EpState& s, uint16_t id, uint16_t flags, std::string payload, Completion done) {
+void UcxCore::IssueMessage(EpState& s, uint16_t id, uint16_t flags, std::string payload,
+                           Completion done) {
   Op* op = NewOp("send", s, std::move(done));
   op->header = MessageHeader{.stream = s.stream, .seq = s.next_seq++, .id = id, .flags = flags};
   op->payload = std::move(payload);
   ucp_request_param_t param = Param(op);
   param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = UCP_AM_SEND_FLAG_EAGER;
-  Track(op, ucp_am_send_nbx(s.ep, kAmId, &op->header, sizeof(op->header), op->payload.data(), op->payload.size(),
-                            &param));
+  Track(op, ucp_am_send_nbx(s.ep, kAmId, &op->header, sizeof(op->header), op->payload.data(),
+                            op->payload.size(), &param));
 }
 
 // Fails the queued Sends and Flushes and the puts waiting for a flush.
@@ -812,7 +875,8 @@ void UcxCore::ReleaseEndpoint(uint64_t ep_id) {
 void UcxCore::MaybeClose(EpState& s) {
   if (!s.user_gone || !s.ordered.empty() || s.closing || tearing_down_) return;
   if (s.ep == nullptr) return MaybeErase(s);
-  if (s.error.ok() && s.next_seq > 0) IssueMessage(s, 0, internal::kEndOfStream, std::string(), nullptr);
+  if (s.error.ok() && s.next_seq > 0)
+    IssueMessage(s, 0, internal::kEndOfStream, std::string(), nullptr);
   StartClose(s, /*force=*/!s.error.ok());
 }
 
@@ -837,10 +901,13 @@ void UcxCore::StartClose(EpState& s, bool force) {
 }
 
 void UcxCore::CloseNow(EpState& s, bool force) {
-  FailOrdered(s, s.error.ok() ? absl::CancelledError(absl::StrCat("the endpoint to ", *s.name, " closed")) : s.error);
+  FailOrdered(s, s.error.ok()
+                     ? absl::CancelledError(absl::StrCat("the endpoint to ", *s.name, " closed"))
+                     : s.error);
   DestroyRkeys(s);
   ucp_request_param_t param{};
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  param.op_attr_mask =
+      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   param.cb.send = &UcxCore::OnClosed;
   param.user_data = &s;
   param.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
@@ -875,23 +942,28 @@ void UcxCore::EraseReleased() {
 
 // ---- receiving ----------------------------------------------------------------------------------
 
-ucs_status_t UcxCore::OnMessage(void* arg, const void* header, size_t header_length, void* data, size_t length,
-                                const ucp_am_recv_param_t* param) {
+ucs_status_t UcxCore::OnMessage(void* arg, const void* header, size_t header_length, void* data,
+                                size_t length, const ucp_am_recv_param_t* param) {
   UcxCore* core = static_cast<UcxCore*>(arg);
-  if (header_length != sizeof(MessageHeader) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
-    spdlog::warn("ucx: dropped a message that did not come from a Strata transport ({} header bytes)", header_length);
+  if (header_length != sizeof(MessageHeader) ||
+      (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
+    spdlog::warn(
+        "ucx: dropped a message that did not come from a Strata transport ({} header bytes)",
+        header_length);
     return UCS_OK;
   }
   MessageHeader h;
   std::memcpy(&h, header, sizeof(h));
   if ((h.flags & internal::kHello) != 0) {
-    if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0) core->AnswerHello(h, param->reply_ep);
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0)
+      core->AnswerHello(h, param->reply_ep);
     return UCS_OK;
   }
   if ((h.flags & internal::kHelloReply) != 0) {
     auto it = core->hello_streams_.find(h.stream);
     if (it != core->hello_streams_.end()) {
-      if (EpState* s = core->FindEp(it->second); s != nullptr) core->Connected(*s, absl::OkStatus());
+      if (EpState* s = core->FindEp(it->second); s != nullptr)
+        core->Connected(*s, absl::OkStatus());
     }
     return UCS_OK;
   }
@@ -914,7 +986,8 @@ void UcxCore::AnswerHello(const MessageHeader& hello, ucp_ep_h reply_ep) {
 void UcxCore::Receive(const MessageHeader& header, std::string_view payload) {
   Stream& stream = streams_[header.stream];
   if (header.seq < stream.next) {
-    spdlog::warn("ucx: dropped a repeated message (stream {:x}, seq {})", header.stream, header.seq);
+    spdlog::warn("ucx: dropped a repeated message (stream {:x}, seq {})", header.stream,
+                 header.seq);
     return;
   }
   if (header.seq > stream.next) {
@@ -923,8 +996,8 @@ void UcxCore::Receive(const MessageHeader& header, std::string_view payload) {
       return;
     }
     // The missing message is not coming (its sender failed mid-stream): go on without it.
-    spdlog::error("ucx: stream {:x} lost messages {}..{}; delivering the later ones", header.stream, stream.next,
-                  stream.early.begin()->first - 1);
+    spdlog::error("ucx: stream {:x} lost messages {}..{}; delivering the later ones", header.stream,
+                  stream.next, stream.early.begin()->first - 1);
     stream.next = stream.early.begin()->first;
     stream.early.emplace(header.seq, std::make_pair(header, std::string(payload)));
   } else {
@@ -934,7 +1007,9 @@ void UcxCore::Receive(const MessageHeader& header, std::string_view payload) {
   // `stream` may be gone after Dispatch (end of stream); look it up again.
   for (;;) {
     auto it = streams_.find(header.stream);
-    if (it == streams_.end() || it->second.early.empty() || it->second.early.begin()->first != it->second.next) break;
+    if (it == streams_.end() || it->second.early.empty() ||
+        it->second.early.begin()->first != it->second.next)
+      break;
     auto node = it->second.early.extract(it->second.early.begin());
     ++it->second.next;
     Dispatch(node.mapped().first, node.mapped().second);
@@ -987,12 +1062,14 @@ class UcxEndpoint final : public Endpoint {
            Completion done) override {
     core_->Submit(
         [core = core_.get(), id = id_, local, len, remote, remote_offset](Completion d) {
-          core->DoTransfer(/*put=*/true, id, const_cast<void*>(local), len, remote, remote_offset, std::move(d));
+          core->DoTransfer(/*put=*/true, id, const_cast<void*>(local), len, remote, remote_offset,
+                           std::move(d));
         },
         std::move(done));
   }
 
-  void Get(void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset, Completion done) override {
+  void Get(void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset,
+           Completion done) override {
     core_->Submit(
         [core = core_.get(), id = id_, local, len, remote, remote_offset](Completion d) {
           core->DoTransfer(/*put=*/false, id, local, len, remote, remote_offset, std::move(d));
@@ -1003,15 +1080,19 @@ class UcxEndpoint final : public Endpoint {
   void Send(uint16_t id, std::string_view payload, Completion done) override {
     core_->Submit(
         [core = core_.get(), ep = id_, id, payload = std::string(payload)](Completion d) mutable {
-          core->DoOrdered(ep, {.is_flush = false, .id = id, .payload = std::move(payload), .done = std::move(d)});
+          core->DoOrdered(
+              ep,
+              {.is_flush = false, .id = id, .payload = std::move(payload), .done = std::move(d)});
         },
         std::move(done));
   }
 
   void Flush(Completion done) override {
-    core_->Submit([core = core_.get(), ep = id_](
-                      Completion d) { core->DoOrdered(ep, {.is_flush = true, .done = std::move(d)}); },
-                  std::move(done));
+    core_->Submit(
+        [core = core_.get(), ep = id_](Completion d) {
+          core->DoOrdered(ep, {.is_flush = true, .done = std::move(d)});
+        },
+        std::move(done));
   }
 
   const std::string& peer() const override { return peer_; }
@@ -1032,27 +1113,45 @@ class UcxTransport final : public Transport {
 
   absl::StatusOr<std::unique_ptr<MemoryRegistration>> Register(void* base, size_t len) override {
     if (base == nullptr || len == 0) {
-      return absl::InvalidArgumentError(absl::StrFormat("register: empty region (%p, %d bytes)", base, len));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("register: empty region (%p, %d bytes)", base, len));
     }
-    ucp_mem_h memh = nullptr;
-    std::string key;
-    STRATA_RETURN_IF_ERROR(core_->Map(base, len, &memh, &key));
-    return std::make_unique<UcxRegistration>(
-        core_, memh, RemoteRegion{.address = reinterpret_cast<uintptr_t>(base), .length = len, .key = std::move(key)});
+    return Map(base, len);
+  }
+
+  absl::StatusOr<std::unique_ptr<MemoryRegistration>> Allocate(size_t len) override {
+    if (len == 0) return absl::InvalidArgumentError("allocate: empty region");
+    STRATA_ASSIGN_OR_RETURN(std::unique_ptr<MemoryRegistration> registration, Map(nullptr, len));
+    // UCX may fall back to a heap allocation, which is not zeroed.
+    std::memset(reinterpret_cast<void*>(registration->Describe().address), 0, len);
+    return registration;
   }
 
   absl::StatusOr<std::shared_ptr<Endpoint>> Connect(const std::string& peer_address) override {
-    STRATA_ASSIGN_OR_RETURN(std::string_view worker_address,
-                            internal::Unframe(FrameKind::kWorkerAddress, peer_address, "peer address"));
+    STRATA_ASSIGN_OR_RETURN(
+        std::string_view worker_address,
+        internal::Unframe(FrameKind::kWorkerAddress, peer_address, "peer address"));
     auto name = std::make_shared<const std::string>(
         absl::StrFormat("ucx peer %016x", XXH64(worker_address.data(), worker_address.size(), 0)));
     STRATA_ASSIGN_OR_RETURN(uint64_t id, core_->CreateEndpoint(worker_address, name));
     return std::make_shared<UcxEndpoint>(core_, id, peer_address);
   }
 
-  void SetMessageHandler(uint16_t id, MessageHandler handler) override { core_->SetHandler(id, std::move(handler)); }
+  void SetMessageHandler(uint16_t id, MessageHandler handler) override {
+    core_->SetHandler(id, std::move(handler));
+  }
 
  private:
+  absl::StatusOr<std::unique_ptr<MemoryRegistration>> Map(void* base, size_t len) {
+    ucp_mem_h memh = nullptr;
+    std::string key;
+    STRATA_RETURN_IF_ERROR(core_->Map(&base, len, &memh, &key));
+    return std::make_unique<UcxRegistration>(
+        core_, memh,
+        RemoteRegion{
+            .address = reinterpret_cast<uintptr_t>(base), .length = len, .key = std::move(key)});
+  }
+
   const std::shared_ptr<UcxCore> core_;
 };
 

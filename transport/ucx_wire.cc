@@ -29,20 +29,22 @@ std::string Frame(FrameKind kind, const void* data, size_t len) {
   return out;
 }
 
-absl::StatusOr<std::string_view> Unframe(FrameKind kind, std::string_view framed, const char* what) {
+absl::StatusOr<std::string_view> Unframe(FrameKind kind, std::string_view framed,
+                                         const char* what) {
   FrameHeader header{};
   if (framed.size() < sizeof(header)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s of %d bytes is not a UCX transport %s (too short)", what, framed.size(), what));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s of %d bytes is not a UCX transport %s (too short)", what, framed.size(), what));
   }
   std::memcpy(&header, framed.data(), sizeof(header));
   const std::string_view body = framed.substr(sizeof(header));
   if (header.magic != static_cast<uint32_t>(kind)) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " is not a UCX transport ", what, " (bad magic)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " is not a UCX transport ", what, " (bad magic)"));
   }
   if (header.length != body.size()) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s is truncated or padded: %d bytes, want %d", what,
-                                                      body.size(), header.length));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s is truncated or padded: %d bytes, want %d", what, body.size(), header.length));
   }
   if (XXH64(body.data(), body.size(), static_cast<uint32_t>(kind)) != header.hash) {
     return absl::InvalidArgumentError(absl::StrCat(what, " is corrupted (checksum mismatch)"));
@@ -52,8 +54,8 @@ absl::StatusOr<std::string_view> Unframe(FrameKind kind, std::string_view framed
 
 absl::Status UcxError(std::string_view op, ucs_status_t status) {
   if (status == UCS_OK) return absl::OkStatus();
-  const std::string message =
-      absl::StrCat(ToAbsl(op), ": ", ucs_status_string(status), " (UCX status ", static_cast<int>(status), ")");
+  const std::string message = absl::StrCat(ToAbsl(op), ": ", ucs_status_string(status),
+                                           " (UCX status ", static_cast<int>(status), ")");
   if (status == UCS_ERR_CANCELED) return absl::CancelledError(message);
   if ((status <= UCS_ERR_FIRST_LINK_FAILURE && status >= UCS_ERR_LAST_ENDPOINT_FAILURE)) {
     return absl::UnavailableError(message);

@@ -67,7 +67,8 @@ class TransportTest : public ::testing::TestWithParam<Kind> {
   static std::unique_ptr<Buffer> RegisterBuffer(Transport& t, size_t size) {
     auto buffer = std::make_unique<Buffer>();
     buffer->bytes.assign(size, 0);
-    absl::StatusOr<std::unique_ptr<MemoryRegistration>> reg = t.Register(buffer->bytes.data(), size);
+    absl::StatusOr<std::unique_ptr<MemoryRegistration>> reg =
+        t.Register(buffer->bytes.data(), size);
     EXPECT_TRUE(reg.ok()) << reg.status();
     if (!reg.ok()) return nullptr;
     buffer->registration = *std::move(reg);
@@ -92,6 +93,22 @@ TEST_P(TransportTest, DescribesTheRegisteredRegion) {
   EXPECT_FALSE(b_->Register(buffer->bytes.data(), 0).ok());
 }
 
+TEST_P(TransportTest, AllocatedMemoryTakesPuts) {
+  constexpr size_t kSize = 3 << 20;
+  absl::StatusOr<std::unique_ptr<MemoryRegistration>> remote = b_->Allocate(kSize);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  const RemoteRegion region = (*remote)->Describe();
+  ASSERT_EQ(region.length, kSize);
+  uint8_t* target = reinterpret_cast<uint8_t*>(region.address);
+  EXPECT_EQ(std::count(target, target + kSize, 0), static_cast<int64_t>(kSize));
+  std::unique_ptr<Buffer> local = RegisterBuffer(*a_, kSize);
+  ASSERT_NE(local, nullptr);
+  Fill(local->bytes.data(), kSize, 5);
+  ASSERT_TRUE(PutSync(*ep_, local->bytes.data(), kSize - 7, region, 7).ok());
+  EXPECT_EQ(FirstMismatch(target + 7, kSize - 7, 5), kSize - 7);
+  EXPECT_FALSE(b_->Allocate(0).ok());
+}
+
 TEST_P(TransportTest, PutsAndGetsEverySizeAtUnalignedOffsets) {
   constexpr size_t kMax = 8 << 20;
   constexpr size_t kSlack = 64;
@@ -100,7 +117,8 @@ TEST_P(TransportTest, PutsAndGetsEverySizeAtUnalignedOffsets) {
   ASSERT_NE(local, nullptr);
   ASSERT_NE(remote, nullptr);
   uint64_t seed = 1;
-  for (size_t size : {size_t{1}, size_t{7}, size_t{64}, size_t{4099}, size_t{65536}, size_t{1} << 20, kMax}) {
+  for (size_t size :
+       {size_t{1}, size_t{7}, size_t{64}, size_t{4099}, size_t{65536}, size_t{1} << 20, kMax}) {
     for (uint64_t offset : {uint64_t{0}, uint64_t{3}, uint64_t{61}}) {
       SCOPED_TRACE(::testing::Message() << "size " << size << " offset " << offset);
       ++seed;
@@ -133,7 +151,8 @@ TEST_P(TransportTest, OutOfRangePutFailsAndWritesNothing) {
   EXPECT_THAT(status.message(), HasSubstr("leaves the remote region of 128 bytes"));
   status = PutSync(*ep_, local->bytes.data(), 16, remote->region, 120);
   EXPECT_EQ(status.code(), absl::StatusCode::kOutOfRange) << status;
-  status = PutSync(*ep_, local->bytes.data(), 16, remote->region, ~uint64_t{0} - 4);  // offset + len wraps
+  status = PutSync(*ep_, local->bytes.data(), 16, remote->region,
+                   ~uint64_t{0} - 4);  // offset + len wraps
   EXPECT_EQ(status.code(), absl::StatusCode::kOutOfRange) << status;
   status = GetSync(*ep_, local->bytes.data(), 200, remote->region, 0);
   EXPECT_EQ(status.code(), absl::StatusCode::kOutOfRange) << status;
@@ -159,7 +178,8 @@ TEST_P(TransportTest, ForeignOrGarbageRegionKeyFailsCleanly) {
 }
 
 TEST_P(TransportTest, ConnectingToAGarbageAddressFails) {
-  for (const std::string& address : {std::string(), std::string("garbage"), std::string(300, '\x7f')}) {
+  for (const std::string& address :
+       {std::string(), std::string("garbage"), std::string(300, '\x7f')}) {
     absl::StatusOr<std::shared_ptr<Endpoint>> ep = a_->Connect(address);
     EXPECT_FALSE(ep.ok()) << "address of " << address.size() << " bytes";
   }
@@ -183,7 +203,8 @@ TEST_P(TransportTest, MessagesArriveAfterThePutsIssuedBeforeThem) {
   std::vector<int> bad_rounds;  // rounds whose bytes had not landed when the message came
   b_->SetMessageHandler(7, [&](std::string_view payload) {
     const int round = std::stoi(std::string(payload));
-    const bool landed = FirstMismatch(remote->bytes.data() + round * kSlot, kSlot, round + 100) == kSlot;
+    const bool landed =
+        FirstMismatch(remote->bytes.data() + round * kSlot, kSlot, round + 100) == kSlot;
     absl::MutexLock lock(&mu);
     order.push_back(round);
     if (!landed) bad_rounds.push_back(round);
@@ -197,7 +218,8 @@ TEST_P(TransportTest, MessagesArriveAfterThePutsIssuedBeforeThem) {
     ep_->Send(7, std::to_string(r), done.For(2 * r + 1));
   }
   ASSERT_TRUE(done.WaitFor(2 * kRounds));
-  for (int i = 0; i < 2 * kRounds; ++i) ASSERT_TRUE(done.status(i).ok()) << i << ": " << done.status(i);
+  for (int i = 0; i < 2 * kRounds; ++i)
+    ASSERT_TRUE(done.status(i).ok()) << i << ": " << done.status(i);
 
   absl::MutexLock lock(&mu);
   auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return order.size() >= kRounds; };
@@ -253,7 +275,9 @@ TEST_P(TransportTest, ConcurrentOperationsFromManyThreadsCompleteExactlyOnce) {
   }
   // Every message reaches the handler, once (the peer runs handlers on its own schedule).
   absl::MutexLock lock(&mu);
-  auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return messages >= kThreads * kPerThread / 4; };
+  auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return messages >= kThreads * kPerThread / 4;
+  };
   EXPECT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all), kDeadline));
   EXPECT_EQ(messages, kThreads * kPerThread / 4);
 }
@@ -266,7 +290,8 @@ TEST_P(TransportTest, DestroyingATransportCompletesOperationsInFlight) {
   ASSERT_NE(local, nullptr);
   ASSERT_NE(remote, nullptr);
   Completions done(kOps + 1);
-  for (int i = 0; i < kOps; ++i) ep_->Put(local->bytes.data(), kSize, remote->region, 0, done.For(i));
+  for (int i = 0; i < kOps; ++i)
+    ep_->Put(local->bytes.data(), kSize, remote->region, 0, done.For(i));
   a_.reset();
   // Every completion has been called by the time the transport is gone.
   EXPECT_EQ(done.total(), static_cast<size_t>(kOps));
@@ -292,7 +317,8 @@ TEST_P(TransportTest, DestroyingATransportFailsQueuedOperations) {
   ASSERT_TRUE(entered.WaitForNotificationWithTimeout(kDeadline));
   constexpr int kOps = 20;
   Completions done(kOps);
-  for (int i = 0; i < kOps; ++i) ep_->Put(local->bytes.data(), 4096, remote->region, 0, done.For(i));
+  for (int i = 0; i < kOps; ++i)
+    ep_->Put(local->bytes.data(), 4096, remote->region, 0, done.For(i));
   std::thread destroyer([&] { a_.reset(); });
   const bool all_failed_in_time = done.WaitFor(kOps);
   release.Notify();
@@ -322,7 +348,8 @@ TEST_P(TransportTest, PeerGoneFailsOperations) {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, TransportTest,
-                         ::testing::Values(Kind{.label = "inproc"}, Kind{.label = "ucx_default", .ucx = true},
+                         ::testing::Values(Kind{.label = "inproc"},
+                                           Kind{.label = "ucx_default", .ucx = true},
                                            Kind{.label = "ucx_tcp", .ucx = true, .tls = "tcp"}),
                          KindName);
 

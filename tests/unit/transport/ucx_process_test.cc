@@ -139,7 +139,8 @@ class UcxTwoProcessesTest : public ::testing::TestWithParam<std::string> {
     from_child_ = up[0];
     const absl::Time deadline = absl::Now() + kDeadline;
     std::string where;
-    ASSERT_TRUE(ReadFrame(from_child_, &child_address_, deadline)) << "the child did not report its address";
+    ASSERT_TRUE(ReadFrame(from_child_, &child_address_, deadline))
+        << "the child did not report its address";
     ASSERT_TRUE(ReadFrame(from_child_, &where, deadline));
     ASSERT_TRUE(ReadFrame(from_child_, &child_region_.key, deadline));
     std::vector<std::string> words = absl::StrSplit(where, ' ');
@@ -157,7 +158,8 @@ class UcxTwoProcessesTest : public ::testing::TestWithParam<std::string> {
 
 TEST_P(UcxTwoProcessesTest, PutsLandInTheChildAndAKilledChildFailsTheNextOperations) {
   ASSERT_NO_FATAL_FAILURE(StartChild());
-  absl::StatusOr<std::unique_ptr<Transport>> transport = MakeUcxTransport({.transports = GetParam()});
+  absl::StatusOr<std::unique_ptr<Transport>> transport =
+      MakeUcxTransport({.transports = GetParam()});
   ASSERT_TRUE(transport.ok()) << transport.status();
   std::vector<uint8_t> local(kBufferBytes);
   auto registration = (*transport)->Register(local.data(), local.size());
