@@ -61,9 +61,9 @@ std::string HttpErrorText(int status, const std::string& body) {
 // Adds what a user can do about a connection failure.
 absl::Status Explain(const absl::Status& status, const HttpUrl& url) {
   if (!absl::IsUnavailable(status)) return status;
-  return absl::UnavailableError(absl::StrCat(
-      status.message(), " (is a server running at http://", url.Authority(),
-      "? start one with `strata up`, or pass --url)"));
+  return absl::UnavailableError(absl::StrCat(status.message(), " (is a server running at http://",
+                                             url.Authority(),
+                                             "? start one with `strata up`, or pass --url)"));
 }
 
 HttpClientRequest Request(const ChatFlags& flags, std::string method, std::string path) {
@@ -91,9 +91,8 @@ absl::Status WaitReady(const HttpUrl& url, double seconds) {
   const absl::Time deadline = absl::Now() + absl::Seconds(seconds);
   absl::Status last;
   while (true) {
-    HttpClientRequest probe{.path = "/healthz",
-                            .connect_timeout = absl::Seconds(1),
-                            .idle_timeout = absl::Seconds(2)};
+    HttpClientRequest probe{
+        .path = "/healthz", .connect_timeout = absl::Seconds(1), .idle_timeout = absl::Seconds(2)};
     int status = 0;
     std::string body;
     last = Get(url, probe, &status, &body);
@@ -102,9 +101,8 @@ absl::Status WaitReady(const HttpUrl& url, double seconds) {
     if (absl::Now() >= deadline) break;
     absl::SleepFor(absl::Milliseconds(200));
   }
-  return absl::DeadlineExceededError(absl::StrCat("http://", url.Authority(),
-                                                  " was not ready within ", seconds,
-                                                  " s: ", last.message()));
+  return absl::DeadlineExceededError(absl::StrCat(
+      "http://", url.Authority(), " was not ready within ", seconds, " s: ", last.message()));
 }
 
 absl::StatusOr<std::string> FirstModel(const HttpUrl& url, const ChatFlags& flags) {
@@ -123,8 +121,7 @@ absl::StatusOr<std::string> FirstModel(const HttpUrl& url, const ChatFlags& flag
       parsed["data"][0]["id"].is_string()) {
     return parsed["data"][0]["id"].get<std::string>();
   }
-  return absl::FailedPreconditionError(
-      "GET /v1/models lists no model; pass one with --model NAME");
+  return absl::FailedPreconditionError("GET /v1/models lists no model; pass one with --model NAME");
 }
 
 struct Outcome {
@@ -165,9 +162,8 @@ absl::Status Chat(const HttpUrl& url, const ChatFlags& flags, const std::string&
     }
     Json chunk = Json::parse(event.data, nullptr, /*allow_exceptions=*/false);
     if (chunk.is_discarded() || !chunk.is_object()) {
-      stream_error = absl::DataLossError(
-          absl::StrCat("the server sent an event that is not a JSON object: ",
-                       event.data.substr(0, 200)));
+      stream_error = absl::DataLossError(absl::StrCat(
+          "the server sent an event that is not a JSON object: ", event.data.substr(0, 200)));
       return;
     }
     if (chunk.contains("error")) {
@@ -256,16 +252,17 @@ int RunChat(const ChatFlags& flags) {
   if (outcome.cached_tokens.value_or(0) > 0) {
     absl::StrAppend(&line, " (", *outcome.cached_tokens, " cached)");
   }
-  absl::StrAppend(&line, ", completion ", completion, " tokens",
-                  outcome.finish_reason.empty() ? "" : absl::StrCat(" (", outcome.finish_reason, ")"));
+  absl::StrAppend(
+      &line, ", completion ", completion, " tokens",
+      outcome.finish_reason.empty() ? "" : absl::StrCat(" (", outcome.finish_reason, ")"));
   char figures[160];
   if (outcome.first_content.has_value()) {
     const double decode_s = seconds(end - *outcome.first_content);
-    std::snprintf(figures, sizeof(figures), "; TTFT %.3f s, %.2f tokens/s, total %.2f s",
-                  seconds(*outcome.first_content - start),
-                  completion > 1 && decode_s > 0 ? static_cast<double>(completion - 1) / decode_s
-                                                 : 0.0,
-                  seconds(end - start));
+    std::snprintf(
+        figures, sizeof(figures), "; TTFT %.3f s, %.2f tokens/s, total %.2f s",
+        seconds(*outcome.first_content - start),
+        completion > 1 && decode_s > 0 ? static_cast<double>(completion - 1) / decode_s : 0.0,
+        seconds(end - start));
   } else {
     std::snprintf(figures, sizeof(figures), "; no text, total %.2f s", seconds(end - start));
   }
@@ -282,14 +279,15 @@ void AddChatCommand(CLI::App& app, int* exit_code) {
       "Send one chat message to a running server (OpenAI API: `strata up`, `strata serve "
       "--colocated`) and stream the answer to stdout; prompt/completion tokens, TTFT and "
       "tokens/s go to stderr.");
-  cmd->add_option("--url", flags->url, "the server's base URL (http:// only; a trailing /v1 is fine)")
+  cmd->add_option("--url", flags->url,
+                  "the server's base URL (http:// only; a trailing /v1 is fine)")
       ->capture_default_str();
   cmd->add_option("--api-key", flags->api_key, "bearer API key (empty: send none)")
       ->capture_default_str();
   cmd->add_option("--model", flags->model, "model name (default: the first from GET /v1/models)");
   cmd->add_option("--max-tokens", flags->max_tokens, "most tokens to generate")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 1 << 30));
   cmd->add_option("--temperature", flags->temperature,
                   "sampling temperature (default: the server's; 0 is greedy)")
       ->check(CLI::NonNegativeNumber);
@@ -301,7 +299,8 @@ void AddChatCommand(CLI::App& app, int* exit_code) {
                   "give up when the server sends nothing for this many seconds")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("message", flags->message, "the user message (several words are joined by spaces)")
+  cmd->add_option("message", flags->message,
+                  "the user message (several words are joined by spaces)")
       ->required();
   cmd->callback([flags, exit_code] { *exit_code = RunChat(*flags); });
 }

@@ -24,7 +24,7 @@ namespace strata::cli {
 namespace {
 
 constexpr size_t kMaxHeadBytes = 64 * 1024;
-constexpr size_t kMaxLineBytes = 4096;   // a chunk-size or trailer line
+constexpr size_t kMaxLineBytes = 4096;                 // a chunk-size or trailer line
 constexpr size_t kMaxSseLineBytes = 16 * 1024 * 1024;  // one "data:" line (a whole JSON event)
 
 std::string ErrnoText(int err) { return std::string(strerror(err)); }
@@ -40,15 +40,18 @@ absl::StatusOr<int> Connect(const HttpUrl& url, absl::Duration timeout) {
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* found = nullptr;
-  if (const int rc = getaddrinfo(url.host.c_str(), std::to_string(url.port).c_str(), &hints, &found);
+  if (const int rc =
+          getaddrinfo(url.host.c_str(), std::to_string(url.port).c_str(), &hints, &found);
       rc != 0) {
-    return absl::UnavailableError(absl::StrCat("cannot resolve ", url.host, ": ", gai_strerror(rc)));
+    return absl::UnavailableError(
+        absl::StrCat("cannot resolve ", url.host, ": ", gai_strerror(rc)));
   }
   absl::Cleanup free_found = [found] { freeaddrinfo(found); };
   const absl::Time deadline = absl::Now() + timeout;
   int last_error = 0;
   for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    const int fd =
+        socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
     if (fd < 0) {
       last_error = errno;
       continue;
@@ -110,8 +113,8 @@ absl::StatusOr<std::string> ReadSome(int fd, absl::Duration idle) {
     pollfd p{fd, POLLIN, 0};
     const int rc = poll(&p, 1, PollMs(deadline));
     if (rc == 0) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "the server sent nothing for ", absl::FormatDuration(idle), "; giving up"));
+      return absl::DeadlineExceededError(
+          absl::StrCat("the server sent nothing for ", absl::FormatDuration(idle), "; giving up"));
     }
     if (rc < 0 && errno != EINTR) {
       return absl::UnavailableError(absl::StrCat("poll: ", ErrnoText(errno)));
@@ -127,8 +130,8 @@ absl::StatusOr<HttpResponseHead> ParseHead(absl::string_view text) {
   std::vector<absl::string_view> words = absl::StrSplit(lines[0], absl::MaxSplits(' ', 2));
   if (words.size() < 2 || !absl::StartsWith(words[0], "HTTP/1.") ||
       !absl::SimpleAtoi(words[1], &head.status) || head.status < 100 || head.status > 999) {
-    return absl::DataLossError(absl::StrCat("not an HTTP/1.x response: '",
-                                            absl::CEscape(lines[0].substr(0, 80)), "'"));
+    return absl::DataLossError(
+        absl::StrCat("not an HTTP/1.x response: '", absl::CEscape(lines[0].substr(0, 80)), "'"));
   }
   for (size_t i = 1; i < lines.size(); ++i) {
     const size_t colon = lines[i].find(':');
@@ -189,7 +192,8 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(absl::string_view url) {
   }
   absl::ConsumeSuffix(&path, "/v1");
   if (path.find_first_of("?#") != absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat("'", url, "': a query or fragment is not allowed"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", url, "': a query or fragment is not allowed"));
   }
   out.base_path = std::string(path);
   return out;
@@ -221,11 +225,12 @@ absl::Status ChunkedDecoder::Feed(absl::string_view in, std::string* out) {
         // "1a3f[;extension]"
         absl::string_view size_text = absl::StripAsciiWhitespace(line.substr(0, line.find(';')));
         if (size_text.empty() || size_text.size() > 15 ||
-            !std::all_of(size_text.begin(), size_text.end(),
-                         [](char h) { return absl::ascii_isxdigit(static_cast<unsigned char>(h)); }) ||
+            !std::all_of(
+                size_text.begin(), size_text.end(),
+                [](char h) { return absl::ascii_isxdigit(static_cast<unsigned char>(h)); }) ||
             !absl::SimpleHexAtoi(size_text, &remaining_)) {
-          return absl::DataLossError(
-              absl::StrCat("chunked body: bad chunk size '", absl::CEscape(line.substr(0, 40)), "'"));
+          return absl::DataLossError(absl::StrCat("chunked body: bad chunk size '",
+                                                  absl::CEscape(line.substr(0, 40)), "'"));
         }
         line_.clear();
         state_ = remaining_ == 0 ? State::kTrailer : State::kData;
@@ -332,12 +337,13 @@ absl::Status HttpFetch(const HttpUrl& url, const HttpClientRequest& request,
   while (true) {
     const size_t end = buffer.find("\r\n\r\n");
     if (end == std::string::npos) {
-      if (buffer.size() > kMaxHeadBytes) return absl::DataLossError("the response head is too long");
+      if (buffer.size() > kMaxHeadBytes)
+        return absl::DataLossError("the response head is too long");
       absl::StatusOr<std::string> more = ReadSome(fd, request.idle_timeout);
       if (!more.ok()) return more.status();
       if (more->empty()) {
-        return absl::DataLossError(absl::StrCat(url.Authority(),
-                                                " closed the connection without an HTTP response"));
+        return absl::DataLossError(
+            absl::StrCat(url.Authority(), " closed the connection without an HTTP response"));
       }
       buffer += *more;
       continue;
@@ -389,8 +395,8 @@ absl::Status HttpFetch(const HttpUrl& url, const HttpClientRequest& request,
     if (!more.ok()) return more.status();
     if (more->empty()) {
       if (!chunked && !left.has_value()) return absl::OkStatus();  // close-delimited: the end
-      return absl::DataLossError(absl::StrCat(
-          url.Authority(), " closed the connection before the response was complete"));
+      return absl::DataLossError(
+          absl::StrCat(url.Authority(), " closed the connection before the response was complete"));
     }
     buffer = *std::move(more);
   }

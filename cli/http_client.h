@@ -29,7 +29,7 @@ namespace strata::cli {
 struct HttpUrl {
   std::string host;  // as given, IPv6 literals without brackets
   int port = 80;
-  std::string base_path;  // "" or "/prefix" without a trailing slash
+  std::string base_path;          // "" or "/prefix" without a trailing slash
   std::string Authority() const;  // "host:port", "[::1]:port"
 };
 
@@ -48,9 +48,9 @@ class ChunkedDecoder {
  private:
   enum class State { kSize, kData, kDataEnd, kTrailer, kDone };
   State state_ = State::kSize;
-  std::string line_;         // a size or trailer line read so far
-  uint64_t remaining_ = 0;   // bytes left in the current chunk
-  bool saw_cr_ = false;      // kDataEnd: the '\r' after the data has been read
+  std::string line_;        // a size or trailer line read so far
+  uint64_t remaining_ = 0;  // bytes left in the current chunk
+  bool saw_cr_ = false;     // kDataEnd: the '\r' after the data has been read
 };
 
 struct SseEvent {

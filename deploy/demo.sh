@@ -109,6 +109,6 @@ if [[ $rc -ne 0 ]]; then
 fi
 grep -E "stopping the cluster|every process has stopped" "$log" || true
 
-printf '\nThe cluster stopped cleanly. Run it yourself: `%s up --model %s`, then `%s chat "Hello"` or\n' \
-  "$strata" "$model" "$strata"
-printf 'the curl command it prints; README.md has the rest.\n'
+printf '\nThe cluster stopped cleanly. To run it yourself (README.md has more):\n'
+printf '  %s up --model %s   # Ctrl-C stops it\n' "$strata" "$model"
+printf '  %s chat "Hello!"   # in another terminal (or the curl command it prints)\n' "$strata"

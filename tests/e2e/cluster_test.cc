@@ -25,7 +25,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "strata/v1/api.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "tests/e2e/process.h"
 
@@ -398,6 +400,33 @@ TEST_F(ClusterTest, DisconnectFreesKvBlocksOnBothWorkers) {
   EXPECT_TRUE(all_free());
   EXPECT_GE(MetricSum(ports_.router_http, "strata_router_requests_total{", "status=\"499\""), 1)
       << "the router counts the request as closed by the client";
+}
+
+// The router's gRPC API (strata.v1.Api) answers like its HTTP API.
+TEST_F(ClusterTest, GrpcApiGivesTheSameGreedyAnswerAsHttp) {
+  auto stub = strata::v1::Api::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", ports_.router_grpc), grpc::InsecureChannelCredentials()));
+  strata::v1::GenerateRequest req;
+  req.set_model(kModel);
+  req.set_prompt("The quick brown fox jumps over");
+  req.set_max_tokens(12);
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", absl::StrCat("Bearer ", kKey));
+  auto reader = stub->Generate(&ctx, req);
+  strata::v1::GenerateResponse m;
+  std::string text;
+  strata::v1::Usage usage;
+  while (reader->Read(&m)) {
+    text += m.text();
+    if (m.has_usage()) usage = m.usage();
+  }
+  grpc::Status s = reader->Finish();
+  ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << router_->Log();
+  Streamed http = Stream(ports_.router_http, "/v1/completions",
+                         {{"model", kModel}, {"prompt", "The quick brown fox jumps over"}, {"max_tokens", 12}, {"temperature", 0}});
+  EXPECT_EQ(text, http.text);
+  EXPECT_EQ(usage.completion_tokens(), http.usage["completion_tokens"].get<int64_t>());
+  EXPECT_EQ(usage.prompt_tokens(), http.usage["prompt_tokens"].get<int64_t>());
 }
 
 // Last: it kills a decode worker.

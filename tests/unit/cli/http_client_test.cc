@@ -68,8 +68,8 @@ TEST(ChunkedDecoder, DecodesWholeAndByteByByte) {
 }
 
 TEST(ChunkedDecoder, RejectsMalformedBodies) {
-  for (const char* bad : {"zz\r\nab\r\n", "3\r\nabcX\r\n", "\r\n", "0x3\r\nabc\r\n",
-                          "ffffffffffffffffff\r\n"}) {
+  for (const char* bad :
+       {"zz\r\nab\r\n", "3\r\nabcX\r\n", "\r\n", "0x3\r\nabc\r\n", "ffffffffffffffffff\r\n"}) {
     ChunkedDecoder decoder;
     std::string out;
     EXPECT_FALSE(decoder.Feed(bad, &out).ok()) << bad;
@@ -174,8 +174,10 @@ TEST(HttpFetch, StreamsAChunkedSseBody) {
   wire += "0\r\n\r\n";
   CannedServer server(wire, 5);
   HttpUrl url{.host = "127.0.0.1", .port = server.port(), .base_path = "/base"};
-  HttpClientRequest request{.method = "POST", .path = "/v1/chat/completions",
-                            .headers = {{"Authorization", "Bearer k"}}, .body = "{}"};
+  HttpClientRequest request{.method = "POST",
+                            .path = "/v1/chat/completions",
+                            .headers = {{"Authorization", "Bearer k"}},
+                            .body = "{}"};
   int status = 0;
   std::string content_type;
   SseSplitter sse;
@@ -202,10 +204,9 @@ TEST(HttpFetch, StreamsAChunkedSseBody) {
 
 TEST(HttpFetch, ContentLengthAndErrorStatus) {
   const std::string body = R"({"error":{"message":"bad key"}})";
-  CannedServer server(
-      "HTTP/1.1 401 Unauthorized\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
-          body,
-      4);
+  CannedServer server("HTTP/1.1 401 Unauthorized\r\nContent-Length: " +
+                          std::to_string(body.size()) + "\r\n\r\n" + body,
+                      4);
   int status = 0;
   std::string got;
   absl::Status s = HttpFetch(
