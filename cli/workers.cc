@@ -113,6 +113,21 @@ registry::ServiceRecord Record(const WorkerBase& w) {
   return r;
 }
 
+// Registers, serves until SIGINT/SIGTERM, then leaves rotation first and lets in-flight calls
+// finish (up to 10 s) before the process ends.
+absl::Status ServeUntilSignal(const WorkerBase& w, std::unique_ptr<registry::Heartbeat> heartbeat, grpc::Server& grpc,
+                              HttpServer& http) {
+  STRATA_RETURN_IF_ERROR(Annotate(heartbeat->Start(), "registering in Redis"));
+  spdlog::info("{} ready: gRPC {}, HTTP {}, {} KV blocks ({} transport)", w.me.name, w.me.grpc_address(),
+               w.me.http_address(), w.pool->num_blocks(), w.transport->name());
+  const int sig = WaitForShutdownSignal();
+  spdlog::info("{}: signal {}, shutting down", w.me.name, sig);
+  heartbeat.reset();  // out of rotation first
+  grpc.Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  http.Stop(absl::Seconds(1));
+  return absl::OkStatus();
+}
+
 absl::Status RunDecode(const WorkerFlags& f) {
   BlockShutdownSignals();
   WorkerBase w;
@@ -149,15 +164,7 @@ absl::Status RunDecode(const WorkerFlags& f) {
     return registry::Load{.queued_tokens = s.queued_tokens, .running_requests = s.running + s.queued,
                           .free_kv_blocks = s.free_blocks, .total_kv_blocks = s.total_blocks};
   });
-  STRATA_RETURN_IF_ERROR(Annotate(heartbeat->Start(), "registering in Redis"));
-  spdlog::info("{} ready: gRPC {}, HTTP {}, {} KV blocks ({} transport)", w.me.name, w.me.grpc_address(),
-               w.me.http_address(), w.pool->num_blocks(), w.transport->name());
-  const int sig = WaitForShutdownSignal();
-  spdlog::info("{}: signal {}, shutting down", w.me.name, sig);
-  heartbeat.reset();  // out of rotation first
-  grpc->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  http->Stop(absl::Seconds(1));
-  return absl::OkStatus();
+  return ServeUntilSignal(w, std::move(heartbeat), *grpc, *http);
 }
 
 absl::Status RunPrefill(const WorkerFlags& f) {
@@ -178,15 +185,7 @@ absl::Status RunPrefill(const WorkerFlags& f) {
     return registry::Load{.queued_tokens = s.queued_tokens, .running_requests = s.running + s.queued,
                           .free_kv_blocks = s.free_blocks, .total_kv_blocks = s.total_blocks};
   });
-  STRATA_RETURN_IF_ERROR(Annotate(heartbeat->Start(), "registering in Redis"));
-  spdlog::info("{} ready: gRPC {}, HTTP {}, {} KV blocks ({} transport)", w.me.name, w.me.grpc_address(),
-               w.me.http_address(), w.pool->num_blocks(), w.transport->name());
-  const int sig = WaitForShutdownSignal();
-  spdlog::info("{}: signal {}, shutting down", w.me.name, sig);
-  heartbeat.reset();
-  grpc->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  http->Stop(absl::Seconds(1));
-  return absl::OkStatus();
+  return ServeUntilSignal(w, std::move(heartbeat), *grpc, *http);
 }
 
 }  // namespace
