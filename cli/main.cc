@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "CLI/CLI.hpp"
+#include "absl/synchronization/mutex.h"
 #include "cli/commands.h"
 #include "common/logging.h"
 
@@ -21,6 +22,9 @@ int Fail(const std::string& command, const std::string& message) {
 }  // namespace strata::cli
 
 int main(int argc, char** argv) {
+  // Debian's Abseil checks every lock for deadlock cycles (debug bookkeeping on each Lock); the
+  // services take many locks per transfer and token, so turn it off.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   CLI::App app{"Strata: a disaggregated serving cluster for DeepSeek-V4-class models.\n"
                "Run `strata <command> --help` for a command's flags."};
   app.require_subcommand(1);
