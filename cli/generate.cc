@@ -16,6 +16,7 @@
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/model_weights.h"
+#include "engine/runtime.h"
 #include "engine/npy.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
@@ -41,10 +42,9 @@ using Clock = std::chrono::steady_clock;
 
 absl::Status Run(const Flags& f) {
   auto start = Clock::now();
-  STRATA_ASSIGN_OR_RETURN(auto ckpt, engine::Checkpoint::Load(f.model, {.threads = f.threads}));
+  STRATA_ASSIGN_OR_RETURN(auto runtime, engine::LoadRuntime(f.model, {.threads = f.threads, .backend = f.backend}));
   STRATA_ASSIGN_OR_RETURN(auto tokenizer, engine::Tokenizer::Load(f.model));
-  STRATA_ASSIGN_OR_RETURN(auto weights, engine::ModelWeights::Create(*ckpt));
-  const engine::ModelConfig& config = weights->config();
+  const engine::ModelConfig& config = runtime->config();
 
   std::vector<int32_t> prompt;
   if (f.kind == PromptKind::kIds) {
@@ -73,15 +73,9 @@ absl::Status Run(const Flags& f) {
                                                    ") exceeds the model's context of ", config.max_position_embeddings));
   }
 
-  if (f.backend != "cpu") {
-    return absl::UnimplementedError(absl::StrCat("backend '", f.backend, "' is not available in this build (have: cpu)"));
-  }
-  ThreadPool threads(static_cast<size_t>(std::max(f.threads, 0)));
-  std::unique_ptr<engine::Backend> backend = engine::MakeCpuBackend(f.threads);
-  engine::LocalExperts experts(*weights, *backend);
   engine::KvLayout layout(config);
   engine::KvPool pool(layout, layout.BlocksFor(static_cast<int64_t>(prompt.size()) + f.max_tokens) + 1);
-  engine::Model model(*weights, *backend, experts, pool, threads);
+  engine::Model model(*runtime->weights, *runtime->backend, *runtime->experts, pool, *runtime->threads);
   engine::SequenceCache cache = model.NewSequence();
   const double load_seconds = std::chrono::duration<double>(Clock::now() - start).count();
 
