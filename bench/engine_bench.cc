@@ -133,10 +133,9 @@ absl::Status BenchPreset(const Bench& bench, const std::string& preset) {
   const EngineBenchOptions& o = bench.options;
   STRATA_ASSIGN_OR_RETURN(std::string dir, EnsureModel(o, preset));
   STRATA_ASSIGN_OR_RETURN(auto ckpt, engine::Checkpoint::Load(dir, {.threads = o.threads}));
-  STRATA_ASSIGN_OR_RETURN(auto weights, engine::ModelWeights::Create(*ckpt));
-  const ModelConfig& c = weights->config();
-  ThreadPool threads(static_cast<size_t>(std::max(o.threads, 0)));
   auto backend = engine::MakeCpuBackend(o.threads);
+  STRATA_ASSIGN_OR_RETURN(auto weights, engine::ModelWeights::Create(*ckpt, *backend));
+  const ModelConfig& c = weights->config();
   engine::LocalExperts experts(*weights, *backend);
   KvLayout layout(c);
   std::vector<int64_t> contexts = o.contexts;
@@ -150,7 +149,7 @@ absl::Status BenchPreset(const Bench& bench, const std::string& preset) {
   max_blocks = std::max(max_blocks, layout.BlocksFor(long_context + o.steps) + 1);
   max_blocks = std::max(max_blocks, layout.BlocksFor(o.prefill_tokens) + 1);
   engine::KvPool pool(layout, max_blocks);
-  engine::Model model(*weights, *backend, experts, pool, threads);
+  engine::Model model(*weights, *backend, experts, pool);
 
   // Decode: `batch` sequences at `context` tokens, `steps` steps of one token each.
   for (int64_t context : contexts) {

@@ -75,7 +75,7 @@ absl::Status Run(const Flags& f) {
 
   engine::KvLayout layout(config);
   engine::KvPool pool(layout, layout.BlocksFor(static_cast<int64_t>(prompt.size()) + f.max_tokens) + 1);
-  engine::Model model(*runtime->weights, *runtime->backend, *runtime->experts, pool, *runtime->threads);
+  engine::Model model(*runtime->weights, *runtime->backend, *runtime->experts, pool);
   engine::SequenceCache cache = model.NewSequence();
   const double load_seconds = std::chrono::duration<double>(Clock::now() - start).count();
 
@@ -96,7 +96,9 @@ absl::Status Run(const Flags& f) {
   if (!f.dump_layers.empty()) {
     observer = [&](int64_t layer, const float* streams, int64_t rows) {
       auto& dst = layer_streams[static_cast<size_t>(layer)];
-      dst.insert(dst.end(), streams, streams + rows * row_floats);
+      const size_t at = dst.size();
+      dst.resize(at + static_cast<size_t>(rows * row_floats));
+      model.backend().ToHost(dst.data() + at, streams, rows * row_floats * 4);
     };
   }
 

@@ -133,7 +133,7 @@ absl::Status RunColocated(const RouterFlags& f) {
   STRATA_ASSIGN_OR_RETURN(auto tokenizer, engine::Tokenizer::Load(config.model));
   engine::KvLayout layout(runtime->config());
   engine::KvPool pool(layout, config.decode.kv_blocks);
-  engine::Model model(*runtime->weights, *runtime->backend, *runtime->experts, pool, *runtime->threads);
+  engine::Model model(*runtime->weights, *runtime->backend, *runtime->experts, pool);
   decode::Scheduler scheduler(model, pool,
                               {.max_batch = config.decode.max_batch,
                                .max_queue = config.decode.max_queue,

@@ -90,8 +90,7 @@ absl::Status Prepare(const WorkerFlags& f, const std::string& role, WorkerBase& 
   STRATA_ASSIGN_OR_RETURN(w.runtime, engine::LoadRuntime(w.config.model, {.threads = threads}));
   w.layout = std::make_unique<engine::KvLayout>(w.runtime->config());
   w.pool = std::make_unique<engine::KvPool>(*w.layout, blocks);
-  w.model = std::make_unique<engine::Model>(*w.runtime->weights, *w.runtime->backend, *w.runtime->experts, *w.pool,
-                                            *w.runtime->threads);
+  w.model = std::make_unique<engine::Model>(*w.runtime->weights, *w.runtime->backend, *w.runtime->experts, *w.pool);
   if (w.config.transport == "ucx") {
     STRATA_ASSIGN_OR_RETURN(w.transport, transport::MakeUcxTransport({.transports = w.config.ucx_tls}));
   } else {

@@ -1,73 +1,57 @@
-// One layer's attention (MODEL.md §4): q/kv projections, the sliding window, the compressors
-// (CSA ratio 4 with the lightning indexer's top-k, HCA ratio 128 taking every entry), the sink
-// softmax and the grouped output projection — reading and writing the compressed KV cache.
+// One layer's attention (MODEL.md §4) as a sequence of backend ops: q/kv projections, the
+// sliding window, the compressors (CSA ratio 4 with the lightning indexer's top-k, HCA ratio 128
+// taking every entry), the sink softmax and the grouped output projection — reading and writing
+// the compressed KV cache.
 //
-// Threading: Forward() runs on the step thread and fans out per token over the ThreadPool.
+// Threading: Forward() runs on the step thread; the backend parallelises inside each op.
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
-#include "common/thread_pool.h"
 #include "engine/backend.h"
-#include "engine/kv_cache.h"
-#include "engine/kv_codec.h"
-#include "engine/model_ops.h"
+#include "engine/kv_layout.h"
 #include "engine/model_weights.h"
 
 namespace strata::engine {
 
-// The tokens of one step: for each sequence, `n` new tokens starting at position `start`, held
-// in rows [row, row + n) of the step's activations.
-struct StepSequenceRef {
-  SequenceCache* cache = nullptr;
-  int64_t start = 0;
-  int64_t n = 0;
-  int64_t row = 0;
-};
-
-struct StepLayout {
-  std::vector<StepSequenceRef> seqs;
-  std::vector<int64_t> positions;  // [T]
-  std::vector<int32_t> seq_of_row; // [T]
-  int64_t rows() const { return static_cast<int64_t>(positions.size()); }
+// The step's activations one layer's attention works in: backend memory, owned by the Model,
+// sized for the step's T rows (widths from the config).
+struct AttentionScratch {
+  float* qr = nullptr;          // [T, q_lora]
+  float* q = nullptr;           // [T, H·c]
+  float* kv = nullptr;          // [T, c]
+  uint8_t* kv_bytes = nullptr;  // [T, main entry bytes]
+  float* ca = nullptr;          // [T, 2c] main compressor a
+  float* cz = nullptr;          // [T, 2c] main compressor z
+  float* ia = nullptr;          // [T, 2·ic] indexer compressor a
+  float* iz = nullptr;          // [T, 2·ic]
+  float* qi = nullptr;          // [T, IH·ic] indexer queries
+  float* wi = nullptr;          // [T, IH] indexer head weights
+  int32_t* chosen = nullptr;    // [T, index_topk]
+  int32_t* count = nullptr;     // [T]
+  float* o = nullptr;           // [T, H·c]
+  float* r = nullptr;           // [T, G·o_lora]
 };
 
 class AttentionLayer {
  public:
-  AttentionLayer(const ModelConfig& config, const LayerWeights& weights, int64_t layer, const KvLayout& kv_layout,
-                 const Rope& rope, Backend& backend, ThreadPool& threads);
+  // `rope` is the layer kind's frequency table in backend memory.
+  AttentionLayer(const ModelConfig& config, const LayerWeights& weights, int64_t layer,
+                 const KvLayout& kv_layout, const RopeTable& rope, Backend& backend);
 
   // h: [T, d] attention input (after attn_norm). y: [T, d] output (BF16 values).
-  void Forward(const StepLayout& step, const float* h, KvPool& pool, float* y);
+  void Forward(const StepBatch& step, const float* h, const KvPoolView& pool,
+               const AttentionScratch& s, float* y);
 
  private:
-  struct Projections;
-  // An HCA layer's entries of one sequence, decoded once per step (shared by its tokens).
-  struct DecodedEntries {
-    std::vector<float> main;  // [visible, c]
-  };
-  void DecodeEntries(const StepSequenceRef& s, const KvPool& pool, DecodedEntries& out);
-  void Project(const StepLayout& step, const float* h, Projections& p);
-  void RunCompressors(const StepLayout& step, Projections& p, KvPool& pool);
-  void EmitEntry(const CompressorWeights& cw, const uint8_t* carry, int64_t carry_rows, int64_t group,
-                 bool indexer, SequenceCache& cache, KvPool& pool);
-  void AttendToken(const StepLayout& step, int64_t row, const Projections& p, const DecodedEntries& decoded,
-                   const std::vector<int64_t>& chosen, const KvPool& pool, float* o);
-  // The lightning indexer for every token of one sequence: scores of all visible entries, then
-  // each token's top-k indices (ascending) into `chosen`.
-  void SelectTopK(const StepSequenceRef& s, const Projections& p, const KvPool& pool,
-                  std::vector<std::vector<int64_t>>& chosen);
-  void WriteWindow(const StepLayout& step, const Projections& p);
-
   const ModelConfig& c_;
   const LayerWeights& w_;
-  const LayerKvLayout& kv_;
-  const Rope& rope_;
   Backend& backend_;
-  ThreadPool& threads_;
-  MainEntryCodec main_codec_;
-  IndexerEntryCodec index_codec_;
+  const RopeTable rope_;
+  const KvEntryFormat format_;
+  CompressorParams compressor_, index_compressor_;
+  IndexerParams indexer_;
+  AttentionParams attention_;
 };
 
 }  // namespace strata::engine

@@ -1,6 +1,7 @@
 // engine::ExpertExecutor — "run the routed experts of layer L on these tokens". The attention
-// side (engine/model.h) calls only this interface; LocalExperts runs them in-process, and the
-// expert pool implements it remotely, so a worker never knows where its experts live.
+// side (engine/model.h) calls only this interface; LocalExperts runs them on this process's
+// backend, and the expert pool implements it remotely, so a worker never knows where its experts
+// live.
 //
 // Threading: Run() is called by one thread at a time (the step loop).
 #pragma once
@@ -20,7 +21,7 @@ class ExpertExecutor {
   // x: [n, d] FFN inputs (BF16 values); for each token its k expert ids and routing weights.
   // out: [n, d] = Σ over the token's experts, in increasing expert id, of bf16(expert(x)·w)
   // accumulated in FP32 (not rounded). The order makes results independent of how tokens are
-  // batched.
+  // batched. All pointers are memory of the caller's backend (Backend::RoutedExperts).
   virtual absl::Status Run(int64_t layer, const float* x, int64_t n, const int32_t* expert_ids,
                            const float* weights, int64_t k, float* out) = 0;
 };
@@ -28,20 +29,15 @@ class ExpertExecutor {
 // Runs the experts on this process's backend, straight from the checkpoint's FP4 weights.
 class LocalExperts : public ExpertExecutor {
  public:
-  LocalExperts(const ModelWeights& weights, Backend& backend) : weights_(weights), backend_(backend) {}
+  LocalExperts(const ModelWeights& weights, Backend& backend)
+      : weights_(weights), backend_(backend) {}
 
-  absl::Status Run(int64_t layer, const float* x, int64_t n, const int32_t* expert_ids, const float* weights,
-                   int64_t k, float* out) override;
+  absl::Status Run(int64_t layer, const float* x, int64_t n, const int32_t* expert_ids,
+                   const float* weights, int64_t k, float* out) override;
 
  private:
   const ModelWeights& weights_;
   Backend& backend_;
 };
-
-// One SwiGLU expert on n rows: y = bf16(w2 · bf16(silu(u)·v·weight)), u = bf16(w1 x) clamped to
-// ≤ limit, v = bf16(w3 x) clamped to [−limit, limit] (MODEL.md §4). `row_weights` may be null
-// (weight 1, the shared expert). Writes y [n, d].
-void RunExpertFfn(Backend& backend, const ExpertWeights& expert, const float* x, int64_t n,
-                  const float* row_weights, float swiglu_limit, float* y);
 
 }  // namespace strata::engine

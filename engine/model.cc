@@ -1,31 +1,125 @@
 #include "engine/model.h"
 
 #include <algorithm>
-#include <cmath>
-#include <cstring>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "engine/numerics.h"
+#include "engine/model_ops.h"
 
 namespace strata::engine {
 
-Model::Model(const ModelWeights& weights, Backend& backend, ExpertExecutor& experts, KvPool& pool,
-             ThreadPool& threads)
+// The step's activations, carved from one backend allocation that grows to the largest step.
+struct Model::Scratch {
+  DeviceBuffer memory;
+  int64_t rows = 0, seqs = 0, table_entries = 0, logit_rows = 0;  // what it is sized for
+
+  // Step description (uploaded from the host each step).
+  int32_t* tokens = nullptr;          // [T]
+  int64_t* positions = nullptr;       // [T]
+  int32_t* seq_of_row = nullptr;      // [T]
+  StepSequence* seq_table = nullptr;  // [S]
+  int32_t* block_table = nullptr;     // [Σ blocks]
+  int32_t* logit_rows_idx = nullptr;  // [R]
+  // Residual streams and sublayer activations.
+  float* streams = nullptr;  // [T, hc, d]
+  float* mix = nullptr;      // [T, (2+hc)·hc]
+  float* x_in = nullptr;     // [T, d]
+  float* y = nullptr;        // [T, d]
+  AttentionScratch attn;
+  // MoE
+  float* gate = nullptr;     // [T, E]
+  int32_t* ids = nullptr;    // [T, k]
+  float* weights = nullptr;  // [T, k]
+  float* u = nullptr;        // [T, inter] shared expert
+  float* v = nullptr;        // [T, inter]
+  float* shared = nullptr;   // [T, d]
+  // Logits
+  float* picked = nullptr;  // [R, hc, d]
+  float* h = nullptr;       // [R, d]
+  float* logits = nullptr;  // [R, V]
+
+  // Assigns every pointer from `base` (null: only sizes); returns the bytes needed.
+  int64_t Carve(const ModelConfig& c, const KvLayout& kv, uint8_t* base) {
+    int64_t at = 0;
+    auto take = [&](auto*& ptr, int64_t count) {
+      using T = std::remove_reference_t<decltype(*ptr)>;
+      ptr = base == nullptr ? nullptr : reinterpret_cast<T*>(base + at);
+      at += (std::max<int64_t>(count, 1) * static_cast<int64_t>(sizeof(T)) + 63) / 64 * 64;
+    };
+    const int64_t T = rows, R = logit_rows, d = c.hidden_size, hc = c.hc_mult;
+    const int64_t H = c.num_attention_heads, hd = c.head_dim, ic = c.index_head_dim,
+                  ih = c.index_n_heads;
+    take(tokens, T);
+    take(positions, T);
+    take(seq_of_row, T);
+    take(seq_table, seqs);
+    take(block_table, table_entries);
+    take(logit_rows_idx, R);
+    take(streams, T * hc * d);
+    take(mix, T * (2 + hc) * hc);
+    take(x_in, T * d);
+    take(y, T * d);
+    take(attn.qr, T * c.q_lora_rank);
+    take(attn.q, T * H * hd);
+    take(attn.kv, T * hd);
+    take(attn.kv_bytes, T * kv.main_entry_bytes());
+    take(attn.ca, T * 2 * hd);
+    take(attn.cz, T * 2 * hd);
+    take(attn.ia, T * 2 * ic);
+    take(attn.iz, T * 2 * ic);
+    take(attn.qi, T * ih * ic);
+    take(attn.wi, T * ih);
+    take(attn.chosen, T * c.index_topk);
+    take(attn.count, T);
+    take(attn.o, T * H * hd);
+    take(attn.r, T * c.o_groups * c.o_lora_rank);
+    take(gate, T * c.n_routed_experts);
+    take(ids, T * c.num_experts_per_tok);
+    take(weights, T * c.num_experts_per_tok);
+    take(u, T * c.moe_intermediate_size);
+    take(v, T * c.moe_intermediate_size);
+    take(shared, T * d);
+    take(picked, R * hc * d);
+    take(h, R * d);
+    take(logits, R * c.vocab_size);
+    return at;
+  }
+};
+
+Model::Model(const ModelWeights& weights, Backend& backend, ExpertExecutor& experts, KvPool& pool)
     : weights_(weights),
       backend_(backend),
       experts_(experts),
       pool_(pool),
-      threads_(threads),
-      rope_window_(weights.config(), /*compressed_layer=*/false),
-      rope_compressed_(weights.config(), /*compressed_layer=*/true) {
+      scratch_(std::make_unique<Scratch>()) {
   const ModelConfig& c = weights.config();
+  // The two RoPE tables (window-only layers; compressed layers with YaRN), in backend memory.
+  std::vector<float> window = RopeFrequencies(c, /*compressed_layer=*/false);
+  std::vector<float> compressed = RopeFrequencies(c, /*compressed_layer=*/true);
+  std::vector<float> both = window;
+  both.insert(both.end(), compressed.begin(), compressed.end());
+  absl::StatusOr<DeviceBuffer> freqs =
+      DeviceBuffer::Allocate(backend, static_cast<int64_t>(both.size()) * 4);
+  if (!freqs.ok()) {  // a few hundred bytes: a backend that cannot hold them cannot run anything
+    std::fprintf(stderr, "Model: %s\n", std::string(freqs.status().message()).c_str());
+    std::abort();
+  }
+  rope_freqs_ = std::move(*freqs);
+  backend.ToDevice(rope_freqs_.get(), both.data(), static_cast<int64_t>(both.size()) * 4);
+  const RopeTable rope_window{rope_freqs_.as<float>(), c.qk_rope_head_dim};
+  const RopeTable rope_compressed{rope_freqs_.as<float>() + window.size(), c.qk_rope_head_dim};
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    attention_.push_back(std::make_unique<AttentionLayer>(c, weights.layer(i), i, pool.layout(),
-                                                          c.ratio(i) > 0 ? rope_compressed_ : rope_window_,
-                                                          backend, threads));
+    attention_.push_back(
+        std::make_unique<AttentionLayer>(c, weights.layer(i), i, pool.layout(),
+                                         c.ratio(i) > 0 ? rope_compressed : rope_window, backend));
   }
 }
+
+Model::~Model() = default;
 
 SequenceCache Model::NewSequence() const {
   SequenceCache cache;
@@ -38,114 +132,65 @@ void Model::Release(SequenceCache& cache) {
   cache.blocks.clear();
 }
 
-void Model::HcPre(const HcWeights& hc, const float* streams, int64_t rows, std::vector<HcMix>& mixes,
-                  float* x_in) {
-  const ModelConfig& c = config();
-  const int64_t n = c.hc_mult, d = c.hidden_size;
-  std::vector<float> mu(static_cast<size_t>(rows * hc.rows));
-  backend_.Linear(WeightView{WeightFormat::kF32, hc.fn, nullptr, hc.rows, n * d}, streams, rows, mu.data());
-  mixes.resize(static_cast<size_t>(rows));
-  threads_.ParallelFor(static_cast<size_t>(rows), [&](size_t t) {
-    const float* x = streams + static_cast<int64_t>(t) * n * d;
-    float* m = mu.data() + static_cast<int64_t>(t) * hc.rows;
-    const float rho = HcRho(x, n * d, c.rms_norm_eps);
-    for (int64_t i = 0; i < hc.rows; ++i) m[i] *= rho;
-    ComputeHcMix(m, hc.base.data(), hc.scale.data(), n, c.hc_sinkhorn_iters, c.hc_eps, &mixes[t]);
-    float* out = x_in + static_cast<int64_t>(t) * d;
-    for (int64_t j = 0; j < d; ++j) {
-      float sum = 0;
-      for (int64_t i = 0; i < n; ++i) sum += mixes[t].pre[static_cast<size_t>(i)] * x[i * d + j];
-      out[j] = RoundToBf16(sum);
-    }
-  });
-}
-
-void Model::HcPost(const std::vector<HcMix>& mixes, const float* y, int64_t rows, float* streams) {
-  const int64_t n = config().hc_mult, d = config().hidden_size;
-  threads_.ParallelFor(static_cast<size_t>(rows), [&](size_t t) {
-    float* x = streams + static_cast<int64_t>(t) * n * d;
-    const float* yt = y + static_cast<int64_t>(t) * d;
-    const HcMix& mix = mixes[t];
-    std::vector<float> next(static_cast<size_t>(n * d));
-    for (int64_t j = 0; j < n; ++j) {
-      for (int64_t k = 0; k < d; ++k) {
-        float sum = mix.post[static_cast<size_t>(j)] * yt[k];
-        for (int64_t i = 0; i < n; ++i) sum += mix.comb[static_cast<size_t>(i * n + j)] * x[i * d + k];
-        next[static_cast<size_t>(j * d + k)] = RoundToBf16(sum);
-      }
-    }
-    std::copy(next.begin(), next.end(), x);
-  });
-}
-
-absl::Status Model::Ffn(int64_t layer, const float* x, int64_t rows, const std::vector<int32_t>& tokens, float* y) {
-  const ModelConfig& c = config();
-  const LayerWeights& l = weights_.layer(layer);
-  const int64_t E = c.n_routed_experts, k = c.num_experts_per_tok, d = c.hidden_size;
-  std::vector<float> logits(static_cast<size_t>(rows * E));
-  backend_.Linear(l.gate, x, rows, logits.data());
-  std::vector<int32_t> ids(static_cast<size_t>(rows * k));
-  std::vector<float> weights(static_cast<size_t>(rows * k));
-  threads_.ParallelFor(static_cast<size_t>(rows), [&](size_t t) {
-    float* s = logits.data() + static_cast<int64_t>(t) * E;
-    for (int64_t e = 0; e < E; ++e) s[e] = std::sqrt(Softplus(s[e]));
-    int32_t* chosen = ids.data() + static_cast<int64_t>(t) * k;
-    if (l.hash_routed) {
-      std::copy_n(l.tid2eid.data() + static_cast<int64_t>(tokens[t]) * k, k, chosen);
-    } else {
-      std::vector<int32_t> order(static_cast<size_t>(E));
-      for (int64_t e = 0; e < E; ++e) order[static_cast<size_t>(e)] = static_cast<int32_t>(e);
-      auto biased = [&](int32_t e) { return s[e] + l.gate_bias[static_cast<size_t>(e)]; };
-      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-        const float ba = biased(a), bb = biased(b);
-        return ba != bb ? ba > bb : a < b;  // ties: the lower expert id first
-      });
-      std::copy_n(order.begin(), k, chosen);
-    }
-    float sum = 0;
-    for (int64_t j = 0; j < k; ++j) sum += s[chosen[j]];
-    for (int64_t j = 0; j < k; ++j) {
-      weights[static_cast<size_t>(t * k + j)] = s[chosen[j]] / sum * static_cast<float>(c.routed_scaling_factor);
-    }
-  });
-  STRATA_RETURN_IF_ERROR(experts_.Run(layer, x, rows, ids.data(), weights.data(), k, y));
-  std::vector<float> shared(static_cast<size_t>(rows * d));
-  RunExpertFfn(backend_, l.shared, x, rows, nullptr, static_cast<float>(c.swiglu_limit), shared.data());
-  for (int64_t i = 0; i < rows * d; ++i) y[i] = RoundToBf16(y[i] + shared[static_cast<size_t>(i)]);
+absl::Status Model::Reserve(int64_t rows, int64_t seqs, int64_t table_entries, int64_t logit_rows) {
+  Scratch& s = *scratch_;
+  if (rows <= s.rows && seqs <= s.seqs && table_entries <= s.table_entries &&
+      logit_rows <= s.logit_rows) {
+    return absl::OkStatus();
+  }
+  s.rows = std::max(rows, s.rows);
+  s.seqs = std::max(seqs, s.seqs);
+  s.table_entries = std::max(table_entries, s.table_entries);
+  s.logit_rows = std::max(logit_rows, s.logit_rows);
+  s.memory.Reset();
+  const int64_t bytes = s.Carve(config(), pool_.layout(), nullptr);
+  absl::StatusOr<DeviceBuffer> memory = DeviceBuffer::Allocate(backend_, bytes);
+  if (!memory.ok()) {
+    s.rows = s.seqs = s.table_entries = s.logit_rows = 0;
+    return Annotate(memory.status(), absl::StrCat("step scratch for ", rows, " rows"));
+  }
+  s.memory = std::move(*memory);
+  s.Carve(config(), pool_.layout(), s.memory.as<uint8_t>());
   return absl::OkStatus();
 }
 
-void Model::Logits(const float* streams, const std::vector<int64_t>& rows, std::vector<float>* logits) {
+absl::Status Model::Ffn(int64_t layer, int64_t rows) {
   const ModelConfig& c = config();
-  const int64_t n = c.hc_mult, d = c.hidden_size, V = c.vocab_size;
+  const LayerWeights& l = weights_.layer(layer);
+  Scratch& s = *scratch_;
+  const int64_t k = c.num_experts_per_tok;
+  backend_.Linear(l.gate, s.x_in, rows, s.gate);
+  backend_.RouteExperts(RouterParams{c.n_routed_experts, k, l.gate_bias, l.tid2eid,
+                                     static_cast<float>(c.routed_scaling_factor)},
+                        s.gate, s.tokens, rows, s.ids, s.weights);
+  STRATA_RETURN_IF_ERROR(experts_.Run(layer, s.x_in, rows, s.ids, s.weights, k, s.y));
+  // The shared expert: the same SwiGLU, FP8 weights, no routing weight.
+  const float limit = static_cast<float>(c.swiglu_limit);
+  backend_.Linear(l.shared.w1, s.x_in, rows, s.u);
+  backend_.Linear(l.shared.w3, s.x_in, rows, s.v);
+  backend_.SwiGlu(s.u, s.v, rows, l.shared.w1.rows, nullptr, limit, s.u);
+  backend_.Linear(l.shared.w2, s.u, rows, s.shared);
+  backend_.RoundBf16(s.shared, rows * c.hidden_size);
+  backend_.AddBf16(s.y, s.shared, rows * c.hidden_size, s.y);
+  return absl::OkStatus();
+}
+
+void Model::Logits(const std::vector<int32_t>& rows, std::vector<float>* logits) {
+  const ModelConfig& c = config();
+  Scratch& s = *scratch_;
+  const int64_t r = static_cast<int64_t>(rows.size()), n = c.hc_mult, d = c.hidden_size,
+                V = c.vocab_size;
+  backend_.ToDevice(s.logit_rows_idx, rows.data(), r * 4);
+  backend_.GatherRows(s.streams, n * d, s.logit_rows_idx, r, s.picked);
   const HcWeights& hc = weights_.hc_head();
-  const int64_t r = static_cast<int64_t>(rows.size());
-  std::vector<float> picked(static_cast<size_t>(r * n * d)), mu(static_cast<size_t>(r * n));
-  for (int64_t i = 0; i < r; ++i) {
-    std::copy_n(streams + rows[static_cast<size_t>(i)] * n * d, n * d, picked.begin() + i * n * d);
-  }
-  backend_.Linear(WeightView{WeightFormat::kF32, hc.fn, nullptr, hc.rows, n * d}, picked.data(), r, mu.data());
-  std::vector<float> h(static_cast<size_t>(r * d));
-  for (int64_t i = 0; i < r; ++i) {
-    const float* x = picked.data() + i * n * d;
-    const float rho = HcRho(x, n * d, c.rms_norm_eps);
-    std::vector<float> pre(static_cast<size_t>(n));
-    for (int64_t j = 0; j < n; ++j) {
-      pre[static_cast<size_t>(j)] = Sigmoid(mu[static_cast<size_t>(i * n + j)] * rho * hc.scale[0] +
-                                            hc.base[static_cast<size_t>(j)]) +
-                                    static_cast<float>(c.hc_eps);
-    }
-    float* hi = h.data() + i * d;
-    for (int64_t k = 0; k < d; ++k) {
-      float sum = 0;
-      for (int64_t j = 0; j < n; ++j) sum += pre[static_cast<size_t>(j)] * x[j * d + k];
-      hi[k] = RoundToBf16(sum);
-    }
-    RmsNorm(hi, weights_.final_norm().data(), d, c.rms_norm_eps, hi);
-  }
+  backend_.HcHead(HcParams{hc.fn, hc.base, hc.scale, n, d, hc.rows, 0, static_cast<float>(c.hc_eps),
+                           static_cast<float>(c.rms_norm_eps)},
+                  s.picked, r, s.h);
+  backend_.RmsNorm(s.h, weights_.final_norm(), r, d, static_cast<float>(c.rms_norm_eps), s.h);
+  backend_.Linear(weights_.head(), s.h, r, s.logits);
   const size_t at = logits->size();
   logits->resize(at + static_cast<size_t>(r * V));
-  backend_.Linear(weights_.head(), h.data(), r, logits->data() + at);
+  backend_.ToHost(logits->data() + at, s.logits, r * V * 4);
 }
 
 absl::Status Model::Step(absl::Span<const StepInput> inputs, std::vector<float>* logits,
@@ -153,85 +198,108 @@ absl::Status Model::Step(absl::Span<const StepInput> inputs, std::vector<float>*
   const ModelConfig& c = config();
   const int64_t n = c.hc_mult, d = c.hidden_size;
   // Validate and plan before touching any cache.
-  StepLayout step;
-  std::vector<int32_t> tokens;
-  std::vector<int64_t> logit_rows;
-  int64_t blocks_needed = 0;
+  std::vector<StepSequence> seqs;
+  std::vector<int64_t> positions;
+  std::vector<int32_t> seq_of_row, tokens, logit_rows;
+  int64_t blocks_needed = 0, table_entries = 0;
   for (size_t s = 0; s < inputs.size(); ++s) {
     const StepInput& in = inputs[s];
     const int64_t count = static_cast<int64_t>(in.tokens.size());
-    if (count == 0) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has no new tokens"));
+    if (count == 0)
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has no new tokens"));
     const int64_t end = in.cache->position + count;
     if (end > c.max_position_embeddings) {
       return absl::OutOfRangeError(absl::StrCat("sequence ", s, " would reach position ", end,
-                                                ", past the model's limit of ", c.max_position_embeddings));
+                                                ", past the model's limit of ",
+                                                c.max_position_embeddings));
     }
     for (int32_t id : in.tokens) {
       if (id < 0 || id >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary (0..",
-                                                       c.vocab_size - 1, ")"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", id, " is outside the vocabulary (0..", c.vocab_size - 1, ")"));
       }
     }
-    blocks_needed += std::max<int64_t>(0, pool_.layout().BlocksFor(end) - static_cast<int64_t>(in.cache->blocks.size()));
-    step.seqs.push_back(StepSequenceRef{in.cache, in.cache->position, count, step.rows()});
+    const int64_t blocks = pool_.layout().BlocksFor(end);
+    blocks_needed += std::max<int64_t>(0, blocks - static_cast<int64_t>(in.cache->blocks.size()));
+    table_entries += blocks;
+    seqs.push_back(StepSequence{in.cache->position, count, static_cast<int64_t>(positions.size()),
+                                in.cache->state.data(), nullptr});
     for (int64_t i = 0; i < count; ++i) {
-      step.positions.push_back(in.cache->position + i);
-      step.seq_of_row.push_back(static_cast<int32_t>(s));
+      positions.push_back(in.cache->position + i);
+      seq_of_row.push_back(static_cast<int32_t>(s));
       tokens.push_back(in.tokens[static_cast<size_t>(i)]);
     }
-    if (in.want_logits) logit_rows.push_back(step.rows() - 1);
+    if (in.want_logits) logit_rows.push_back(static_cast<int32_t>(positions.size()) - 1);
   }
   if (blocks_needed > pool_.free_blocks()) {
-    return absl::ResourceExhaustedError(absl::StrCat("KV pool has ", pool_.free_blocks(), " free blocks, the step needs ",
-                                                     blocks_needed));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "KV pool has ", pool_.free_blocks(), " free blocks, the step needs ", blocks_needed));
   }
-  for (const StepSequenceRef& s : step.seqs) {
-    while (static_cast<int64_t>(s.cache->blocks.size()) < pool_.layout().BlocksFor(s.start + s.n)) {
+  const int64_t T = static_cast<int64_t>(positions.size());
+  STRATA_RETURN_IF_ERROR(Reserve(T, static_cast<int64_t>(seqs.size()), table_entries,
+                                 static_cast<int64_t>(logit_rows.size())));
+  for (const StepInput& in : inputs) {
+    while (static_cast<int64_t>(in.cache->blocks.size()) <
+           pool_.layout().BlocksFor(in.cache->position + static_cast<int64_t>(in.tokens.size()))) {
       STRATA_ASSIGN_OR_RETURN(int32_t id, pool_.Allocate());
-      s.cache->blocks.push_back(id);
+      in.cache->blocks.push_back(id);
     }
   }
 
-  const int64_t T = step.rows();
-  std::vector<float> streams(static_cast<size_t>(T * n * d));
-  const uint16_t* embed = weights_.embed();
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t k = 0; k < d; ++k) {
-        streams[static_cast<size_t>((t * n + i) * d + k)] = Bf16ToFloat(embed[static_cast<int64_t>(tokens[static_cast<size_t>(t)]) * d + k]);
-      }
-    }
+  // The step's description, in backend memory.
+  Scratch& s = *scratch_;
+  std::vector<int32_t> table;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    seqs[i].blocks = s.block_table + table.size();
+    table.insert(table.end(), inputs[i].cache->blocks.begin(), inputs[i].cache->blocks.end());
   }
-  std::vector<HcMix> mixes;
-  std::vector<float> x_in(static_cast<size_t>(T * d)), y(static_cast<size_t>(T * d));
+  backend_.ToDevice(s.tokens, tokens.data(), T * 4);
+  backend_.ToDevice(s.positions, positions.data(), T * 8);
+  backend_.ToDevice(s.seq_of_row, seq_of_row.data(), T * 4);
+  backend_.ToDevice(s.block_table, table.data(), static_cast<int64_t>(table.size()) * 4);
+  backend_.ToDevice(s.seq_table, seqs.data(),
+                    static_cast<int64_t>(seqs.size() * sizeof(StepSequence)));
+  const StepBatch step{T, s.positions, s.seq_of_row, s.seq_table, seqs, positions};
+  const KvPoolView pool{pool_.memory(), pool_.layout().block_bytes()};
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  auto hc_params = [&](const HcWeights& hc) {
+    return HcParams{
+        hc.fn, hc.base, hc.scale, n, d, hc.rows, c.hc_sinkhorn_iters, static_cast<float>(c.hc_eps),
+        eps};
+  };
+
+  backend_.Embed(weights_.embed(), d, s.tokens, T, n, s.streams);
   for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
-    if (observer) observer(layer, streams.data(), T);
+    if (observer) observer(layer, s.streams, T);
     const LayerWeights& l = weights_.layer(layer);
-    HcPre(l.hc_attn, streams.data(), T, mixes, x_in.data());
-    for (int64_t t = 0; t < T; ++t) RmsNorm(x_in.data() + t * d, l.attn_norm.data(), d, c.rms_norm_eps, x_in.data() + t * d);
-    attention_[static_cast<size_t>(layer)]->Forward(step, x_in.data(), pool_, y.data());
-    HcPost(mixes, y.data(), T, streams.data());
+    const HcParams attn_hc = hc_params(l.hc_attn), ffn_hc = hc_params(l.hc_ffn);
+    backend_.HcPre(attn_hc, s.streams, T, s.mix, s.x_in);
+    backend_.RmsNorm(s.x_in, l.attn_norm, T, d, eps, s.x_in);
+    attention_[static_cast<size_t>(layer)]->Forward(step, s.x_in, pool, s.attn, s.y);
+    backend_.HcPost(attn_hc, s.mix, s.y, T, s.streams);
 
-    HcPre(l.hc_ffn, streams.data(), T, mixes, x_in.data());
-    for (int64_t t = 0; t < T; ++t) RmsNorm(x_in.data() + t * d, l.ffn_norm.data(), d, c.rms_norm_eps, x_in.data() + t * d);
-    STRATA_RETURN_IF_ERROR(Ffn(layer, x_in.data(), T, tokens, y.data()));
-    HcPost(mixes, y.data(), T, streams.data());
+    backend_.HcPre(ffn_hc, s.streams, T, s.mix, s.x_in);
+    backend_.RmsNorm(s.x_in, l.ffn_norm, T, d, eps, s.x_in);
+    STRATA_RETURN_IF_ERROR(Ffn(layer, T));
+    backend_.HcPost(ffn_hc, s.mix, s.y, T, s.streams);
   }
-  if (observer) observer(c.num_hidden_layers, streams.data(), T);
+  if (observer) observer(c.num_hidden_layers, s.streams, T);
 
-  for (const StepSequenceRef& s : step.seqs) {
-    s.cache->position += s.n;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    SequenceCache& cache = *inputs[i].cache;
+    const int64_t start = cache.position, count = static_cast<int64_t>(inputs[i].tokens.size());
+    cache.position += count;
     // Seal the blocks this step wrote and the state slot: their bytes are now valid records.
-    const int64_t first_block = s.start / kBlockTokens, last_block = (s.start + s.n - 1) / kBlockTokens;
-    for (int64_t b = first_block; b <= last_block; ++b) {
-      const int64_t filled = std::min<int64_t>(kBlockTokens, s.cache->position - b * kBlockTokens);
-      SealKvRecord(pool_.block(s.cache->blocks[static_cast<size_t>(b)]), pool_.layout().block_bytes(),
-                   KvRecordKind::kBlock, pool_.layout().fingerprint(), static_cast<uint64_t>(filled));
+    for (int64_t b = start / kBlockTokens; b <= (start + count - 1) / kBlockTokens; ++b) {
+      const int64_t filled = std::min<int64_t>(kBlockTokens, cache.position - b * kBlockTokens);
+      SealKvRecord(pool_.block(cache.blocks[static_cast<size_t>(b)]), pool_.layout().block_bytes(),
+                   KvRecordKind::kBlock, pool_.layout().fingerprint(),
+                   static_cast<uint64_t>(filled));
     }
-    SealKvRecord(s.cache->state.data(), pool_.layout().state_bytes(), KvRecordKind::kState,
-                 pool_.layout().fingerprint(), static_cast<uint64_t>(s.cache->position));
+    SealKvRecord(cache.state.data(), pool_.layout().state_bytes(), KvRecordKind::kState,
+                 pool_.layout().fingerprint(), static_cast<uint64_t>(cache.position));
   }
-  if (!logit_rows.empty()) Logits(streams.data(), logit_rows, logits);
+  if (!logit_rows.empty()) Logits(logit_rows, logits);
   return absl::OkStatus();
 }
 

@@ -1,9 +1,10 @@
 // The DeepSeek-V4 forward pass (MODEL.md §4) over a batch of sequences, each at its own position,
 // mixing prefill chunks and single decode tokens — the step a continuous-batching scheduler runs.
-// Weights come from a ModelWeights, linears run on a Backend, routed experts through an
-// ExpertExecutor, and the compressed KV cache lives in a KvPool plus each sequence's state slot.
+// Weights come from a ModelWeights, every op runs on a Backend (activations live in backend
+// memory, in a step-sized scratch the model keeps), routed experts go through an ExpertExecutor,
+// and the compressed KV cache lives in a KvPool plus each sequence's state slot.
 //
-// Threading: one thread calls Step() at a time; the model fans work out over its ThreadPool.
+// Threading: one thread calls Step() at a time; the backend fans work out over its own threads.
 #pragma once
 
 #include <cstdint>
@@ -13,12 +14,10 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "common/thread_pool.h"
 #include "engine/attention.h"
 #include "engine/backend.h"
 #include "engine/experts.h"
 #include "engine/kv_cache.h"
-#include "engine/model_ops.h"
 #include "engine/model_weights.h"
 
 namespace strata::engine {
@@ -30,12 +29,14 @@ struct StepInput {
 };
 
 // Sees the residual streams X [rows, hc, d] entering each layer (and, with layer == L, after the
-// last one), for the rows of the step: what `--dump-layers` writes.
+// last one), for the rows of the step: what `--dump-layers` writes. `streams` is backend memory:
+// read it with Model::backend().ToHost().
 using LayerObserver = std::function<void(int64_t layer, const float* streams, int64_t rows)>;
 
 class Model {
  public:
-  Model(const ModelWeights& weights, Backend& backend, ExpertExecutor& experts, KvPool& pool, ThreadPool& threads);
+  Model(const ModelWeights& weights, Backend& backend, ExpertExecutor& experts, KvPool& pool);
+  ~Model();
 
   // A new, empty sequence cache (state slot zeroed, no blocks).
   SequenceCache NewSequence() const;
@@ -44,27 +45,29 @@ class Model {
 
   // Runs the new tokens of every input through the model, extending each cache; appends one row
   // of vocab_size FP32 logits to `logits` per input with want_logits, in input order.
-  // Fails without changing any cache if the pool lacks blocks or a token id is out of range.
+  // Fails without changing any cache if the pool lacks blocks, a token id is out of range or the
+  // backend cannot allocate the step's scratch.
   absl::Status Step(absl::Span<const StepInput> inputs, std::vector<float>* logits,
                     const LayerObserver& observer = nullptr);
 
   const ModelConfig& config() const { return weights_.config(); }
   const KvLayout& kv_layout() const { return pool_.layout(); }
+  Backend& backend() const { return backend_; }
 
  private:
-  // mHC around one sublayer: computes the mixes and the sublayer input, then the update.
-  void HcPre(const HcWeights& hc, const float* streams, int64_t rows, std::vector<HcMix>& mixes, float* x_in);
-  void HcPost(const std::vector<HcMix>& mixes, const float* y, int64_t rows, float* streams);
-  absl::Status Ffn(int64_t layer, const float* x, int64_t rows, const std::vector<int32_t>& tokens, float* y);
-  void Logits(const float* streams, const std::vector<int64_t>& rows, std::vector<float>* logits);
+  struct Scratch;  // the step's activations in backend memory
+
+  absl::Status Reserve(int64_t rows, int64_t seqs, int64_t table_entries, int64_t logit_rows);
+  absl::Status Ffn(int64_t layer, int64_t rows);
+  void Logits(const std::vector<int32_t>& rows, std::vector<float>* logits);
 
   const ModelWeights& weights_;
   Backend& backend_;
   ExpertExecutor& experts_;
   KvPool& pool_;
-  ThreadPool& threads_;
-  Rope rope_window_, rope_compressed_;
+  DeviceBuffer rope_freqs_;  // [window layers' r/2 | compressed layers' r/2]
   std::vector<std::unique_ptr<AttentionLayer>> attention_;
+  std::unique_ptr<Scratch> scratch_;
 };
 
 }  // namespace strata::engine

@@ -1,10 +1,12 @@
-// Typed access to a loaded checkpoint's tensors, organised per layer, in the forms the forward
-// pass consumes: linears as WeightViews over the mmap'd checkpoint (zero-copy), small vectors
-// (norm weights, biases, mHC parameters) converted to FP32, and the few tensors the math wants in
-// another form (wo_a dequantized to BF16, F32 scales turned into UE8M0 bytes) materialised once.
+// Typed access to a loaded checkpoint's tensors, organised per layer, in the forms the backend's
+// ops consume: linears as WeightViews, small vectors (norm weights, biases, mHC parameters)
+// converted to FP32, and the few tensors the math wants in another form (wo_a dequantized to
+// BF16, F32 scales turned into UE8M0 bytes, expert-id tables as int32) materialised once. Every
+// pointer is backend memory (Backend::MakeResident): for the CPU backend the mmap'd checkpoint
+// itself (zero-copy), for a GPU backend a copy in device memory.
 //
-// Immutable after construction; safe to share between threads. Borrows the Checkpoint, which
-// must outlive it.
+// Immutable after construction; safe to share between threads. Borrows the Checkpoint and the
+// Backend, which must outlive it.
 #pragma once
 
 #include <cstdint>
@@ -19,53 +21,52 @@
 namespace strata::engine {
 
 struct HcWeights {
-  const float* fn = nullptr;  // [rows, hc·d]
-  std::vector<float> base;    // [rows]
-  std::vector<float> scale;   // [3] (blocks) or [1] (head)
+  const float* fn = nullptr;     // [rows, hc·d]
+  const float* base = nullptr;   // [rows]
+  const float* scale = nullptr;  // [3] (blocks) or [1] (head)
   int64_t rows = 0;
 };
 
 struct CompressorWeights {
-  WeightView wkv, wgate;  // BF16 [width, d]
-  const float* ape = nullptr;  // [m, width]
-  std::vector<float> norm;     // [out_dim]
+  WeightView wkv, wgate;        // BF16 [width, d]
+  const float* ape = nullptr;   // [m, width]
+  const float* norm = nullptr;  // [out_dim]
   int64_t ratio = 0, width = 0;
-};
-
-struct ExpertWeights {
-  WeightView w1, w3, w2;
 };
 
 struct LayerWeights {
   int64_t ratio = 0;
   bool hash_routed = false;
-  std::vector<float> attn_norm, ffn_norm;
+  const float* attn_norm = nullptr;  // [d]
+  const float* ffn_norm = nullptr;   // [d]
   HcWeights hc_attn, hc_ffn;
   WeightView wq_a, wq_b, wkv, wo_b;
-  WeightView wo_a;  // BF16, dequantized from the checkpoint's FP8 (exact)
-  std::vector<float> q_norm, kv_norm;
-  std::vector<float> attn_sink;  // [H]
-  CompressorWeights compressor;  // ratio > 0
+  WeightView wo_a;                   // BF16, dequantized from the checkpoint's FP8 (exact)
+  const float* q_norm = nullptr;     // [q_lora]
+  const float* kv_norm = nullptr;    // [c]
+  const float* attn_sink = nullptr;  // [H]
+  CompressorWeights compressor;      // ratio > 0
   // CSA indexer (ratio 4)
   WeightView index_wq_b, index_weights_proj;
   CompressorWeights index_compressor;
   // MoE
-  WeightView gate;                 // BF16 [E, d]
-  std::vector<float> gate_bias;    // score layers
-  std::vector<int32_t> tid2eid;    // hash layers: [V, k]
+  WeightView gate;                   // BF16 [E, d]
+  const float* gate_bias = nullptr;  // score layers: [E]
+  const int32_t* tid2eid = nullptr;  // hash layers: [V, k]
   std::vector<ExpertWeights> experts;
   ExpertWeights shared;
 };
 
 class ModelWeights {
  public:
-  static absl::StatusOr<std::unique_ptr<ModelWeights>> Create(const Checkpoint& checkpoint);
+  static absl::StatusOr<std::unique_ptr<ModelWeights>> Create(const Checkpoint& checkpoint,
+                                                              Backend& backend);
 
   const ModelConfig& config() const { return config_; }
   const LayerWeights& layer(int64_t i) const { return layers_[static_cast<size_t>(i)]; }
-  const uint16_t* embed() const { return embed_; }  // BF16 [V, d]
-  const WeightView& head() const { return head_; }  // BF16 [V, d]
-  const std::vector<float>& final_norm() const { return final_norm_; }
+  const uint16_t* embed() const { return embed_; }         // BF16 [V, d]
+  const WeightView& head() const { return head_; }         // BF16 [V, d]
+  const float* final_norm() const { return final_norm_; }  // [d]
   const HcWeights& hc_head() const { return hc_head_; }
 
  private:
@@ -75,9 +76,10 @@ class ModelWeights {
   std::vector<LayerWeights> layers_;
   const uint16_t* embed_ = nullptr;
   WeightView head_;
-  std::vector<float> final_norm_;
+  const float* final_norm_ = nullptr;
   HcWeights hc_head_;
-  // Storage for materialised tensors (dequantized wo_a, converted scales).
+  // Host storage for materialised tensors (converted vectors, dequantized wo_a, converted
+  // scales): what MakeResident was given must outlive the weights.
   std::vector<std::unique_ptr<std::vector<uint8_t>>> owned_;
 };
 

@@ -13,9 +13,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> LoadRuntime(const std::string& model_di
   }
   auto rt = std::make_unique<Runtime>();
   STRATA_ASSIGN_OR_RETURN(rt->checkpoint, Checkpoint::Load(model_dir, {.threads = options.threads}));
-  STRATA_ASSIGN_OR_RETURN(rt->weights, ModelWeights::Create(*rt->checkpoint));
-  rt->threads = std::make_unique<ThreadPool>(static_cast<size_t>(std::max(options.threads, 0)));
   rt->backend = MakeCpuBackend(options.threads);
+  STRATA_ASSIGN_OR_RETURN(rt->weights, ModelWeights::Create(*rt->checkpoint, *rt->backend));
   rt->experts = std::make_unique<LocalExperts>(*rt->weights, *rt->backend);
   return rt;
 }

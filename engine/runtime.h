@@ -1,5 +1,5 @@
-// Everything a process needs to run the model, loaded once: the checkpoint (mapped), the weights
-// view, the backend, the in-process experts and the CPU thread pool. `strata generate` and every
+// Everything a process needs to run the model, loaded once: the checkpoint (mapped), the backend,
+// the weights made resident on it and the in-process experts. `strata generate` and every
 // serving role build their Model from one Runtime plus their own KvPool.
 //
 // Threading: built once; afterwards read-only, except that Model::Step (one thread) uses it.
@@ -9,7 +9,6 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "common/thread_pool.h"
 #include "engine/backend.h"
 #include "engine/checkpoint.h"
 #include "engine/experts.h"
@@ -23,11 +22,11 @@ struct RuntimeOptions {
 };
 
 struct Runtime {
+  // Declaration order is destruction order reversed: the weights live in the backend's memory.
   std::unique_ptr<Checkpoint> checkpoint;
-  std::unique_ptr<ModelWeights> weights;
   std::unique_ptr<Backend> backend;
+  std::unique_ptr<ModelWeights> weights;
   std::unique_ptr<LocalExperts> experts;
-  std::unique_ptr<ThreadPool> threads;
 
   const ModelConfig& config() const { return weights->config(); }
 };

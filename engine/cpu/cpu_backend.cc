@@ -37,8 +37,6 @@ constexpr int64_t kDotBlockRows = 32;
 constexpr int64_t kDotBf16Range = 1024;  // a multiple of cpu::kDotRange
 constexpr int64_t kStripChunk = 256;
 constexpr int64_t kStripBlockRows = 256;
-// Below this many multiply-adds a call runs on the calling thread (waking workers costs more).
-constexpr int64_t kMinParallelWork = int64_t{1} << 18;
 
 const LinearKernelTable* KernelsFor(CpuIsa isa) {
   switch (isa) {
@@ -225,26 +223,6 @@ CpuBackend::CpuBackend(CpuIsa isa, const LinearKernelTable* kernels,
 }
 
 CpuBackend::~CpuBackend() = default;
-
-template <typename Fn>
-void CpuBackend::ForEachItem(int64_t items, int64_t work_per_item, const Fn& fn) {
-  const int64_t slots = std::min<int64_t>(threads_, items);
-  if (slots <= 1 || pool_ == nullptr || items * work_per_item < kMinParallelWork) {
-    for (int64_t item = 0; item < items; ++item) fn(0, item);
-    return;
-  }
-  // One pointer captured: the std::function ParallelFor takes needs no allocation.
-  struct Shared {
-    const Fn& fn;
-    int64_t items;
-    std::atomic<int64_t> next{0};
-  } shared{fn, items};
-  pool_->ParallelFor(static_cast<size_t>(slots), [s = &shared](size_t slot) {
-    for (int64_t item = s->next.fetch_add(1); item < s->items; item = s->next.fetch_add(1)) {
-      s->fn(static_cast<int>(slot), item);
-    }
-  });
-}
 
 void CpuBackend::Linear(const WeightView& w, const float* x, int64_t n, float* y) {
   const int64_t rows = w.rows, cols = w.cols;

@@ -1,17 +1,25 @@
 // CpuBackend: the always-present engine::Backend, and the numerical reference the other backends
-// are compared with. Its linear kernels dequantize FP8 / FP4 / BF16 weights in registers and
-// accumulate in FP32 (MODEL.md §2); the instruction set (AVX-512, AVX2 or portable C++) is chosen
-// at run time, so one binary runs on any x86-64 and the portable path everywhere else.
+// are compared with. Its memory is host memory. Its linear kernels dequantize FP8 / FP4 / BF16
+// weights in registers and accumulate in FP32 (MODEL.md §2); the instruction set (AVX-512, AVX2
+// or portable C++) is chosen at run time, so one binary runs on any x86-64 and the portable path
+// everywhere else. The other ops (norms, mHC, RoPE, compressors, indexer, attention, routing,
+// experts) run their inner loops through engine/cpu/vector_ops.h, also chosen at run time.
 //
 //   auto backend = CpuBackend::Create({.threads = 8});         // or MakeCpuBackend(8)
 //   (*backend)->Linear(weight_view, x, n, y);
 //
-// Tests force an instruction set with CpuBackendOptions::isa to check every path against the
-// scalar reference.
+// Tests force an instruction set with CpuBackendOptions::isa to check every linear path against
+// the scalar reference (tests/unit/engine/reference_backend.h), and run every op against it.
 //
-// Threading: like every Backend, one calling thread at a time; Linear fans out over its own pool.
+// Threading: like every Backend, one calling thread at a time; every op fans out over the
+// backend's own pool (threads − 1 workers plus the caller).
+//
+// Files: cpu_backend.cc (memory, linears), cpu_ops.cc (dense ops, mHC, MoE),
+// cpu_attention.cc (RoPE, KV entries, compressors, indexer, attention).
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -63,9 +71,61 @@ class CpuBackend final : public Backend {
   CpuIsa isa() const { return isa_; }
   int threads() const { return threads_; }
 
+  absl::StatusOr<void*> Allocate(int64_t bytes) override;
+  void Free(void* ptr) override;
+  void ToDevice(void* dst, const void* host_src, int64_t bytes) override;
+  void ToHost(void* host_dst, const void* src, int64_t bytes) override;
+  void Copy(void* dst, const void* src, int64_t bytes) override;
+  absl::StatusOr<const void*> MakeResident(const void* host, int64_t bytes) override;
+
   // See Backend::Linear. Shapes are the caller's contract (the checkpoint loader validates them):
   // kFp4Block needs cols % 32 == 0; a violation aborts with a message. x must be finite.
   void Linear(const WeightView& w, const float* x, int64_t n, float* y) override;
+  void GroupedLinear(const WeightView& w, int64_t groups, const float* x, int64_t n,
+                     float* y) override;
+  void Embed(const uint16_t* table, int64_t d, const int32_t* ids, int64_t n, int64_t copies,
+             float* out) override;
+  void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps,
+               float* out) override;
+  void RoundBf16(float* x, int64_t n) override;
+  void ScaleBf16(float* x, int64_t n, float factor) override;
+  void AddBf16(const float* a, const float* b, int64_t n, float* out) override;
+  void GatherRows(const float* src, int64_t width, const int32_t* idx, int64_t n,
+                  float* dst) override;
+
+  void HcPre(const HcParams& p, const float* streams, int64_t rows, float* mix,
+             float* x_out) override;
+  void HcPost(const HcParams& p, const float* mix, const float* y, int64_t rows,
+              float* streams) override;
+  void HcHead(const HcParams& p, const float* streams, int64_t rows, float* out) override;
+
+  void QueryHeads(float* q, int64_t rows, int64_t heads, int64_t dim, float eps,
+                  const RopeTable& rope, const int64_t* positions) override;
+  void Rope(float* x, int64_t rows, int64_t stride, const RopeTable& rope,
+            const int64_t* positions) override;
+  void IndexerQueries(float* q, int64_t rows, int64_t heads, int64_t dim, const RopeTable& rope,
+                      const int64_t* positions) override;
+  void EncodeMainEntries(float* v, int64_t rows, const KvEntryFormat& f, uint8_t* out) override;
+  void AddApe(float* z, int64_t rows, int64_t width, const float* ape, int64_t ratio,
+              const int64_t* positions) override;
+  void Compress(const StepBatch& step, const CompressorParams& p, const KvEntryFormat& f,
+                const float* a, const float* z, const KvPoolView& pool) override;
+  void IndexerTopK(const StepBatch& step, const IndexerParams& p, const KvEntryFormat& f,
+                   const float* q, const float* w, const KvPoolView& pool, int32_t* chosen,
+                   int32_t* count) override;
+  void Attention(const StepBatch& step, const AttentionParams& p, const KvEntryFormat& f,
+                 const float* q, const float* kv, const int32_t* chosen, const int32_t* count,
+                 const KvPoolView& pool, float* o) override;
+  void StoreWindow(const StepBatch& step, const KvEntryFormat& f, int64_t window,
+                   int64_t window_offset, const uint8_t* entries) override;
+
+  void RouteExperts(const RouterParams& p, const float* logits, const int32_t* tokens, int64_t rows,
+                    int32_t* ids, float* weights) override;
+  void SwiGlu(const float* u, const float* v, int64_t rows, int64_t inter, const float* row_weights,
+              float limit, float* h) override;
+  absl::Status RoutedExperts(absl::Span<const ExpertWeights> experts, const float* x, int64_t rows,
+                             const int32_t* ids, const float* weights, int64_t k, float limit,
+                             float* out) override;
 
  private:
   struct Scratch;  // one per worker slot: decoded weight panels, BF16 activations
@@ -87,8 +147,15 @@ class CpuBackend final : public Backend {
   void LinearDotBf16(const cpu::KernelWeights& w, int64_t n, int64_t ldx, float* y);
   void LinearStripBf16(const cpu::KernelWeights& w, int64_t n, int64_t ldx, float* y);
   // Runs fn(slot, item) for item in [0, items) on the pool; each slot is one thread at a time.
+  // Work below kMinParallelWork (≈ multiply-adds) runs on the calling thread: waking workers
+  // costs more.
+  static constexpr int64_t kMinParallelWork = int64_t{1} << 18;
   template <typename Fn>
   void ForEachItem(int64_t items, int64_t work_per_item, const Fn& fn);
+  // Attention of one sequence's rows (cpu_attention.cc).
+  void AttendSequence(const StepSequence& s, const AttentionParams& p, const KvEntryFormat& f,
+                      const float* q, const float* kv, const int32_t* chosen, const int32_t* count,
+                      const KvPoolView& pool, float* o);
 
   const CpuIsa isa_;
   const cpu::LinearKernelTable* const kernels_;
@@ -98,6 +165,27 @@ class CpuBackend final : public Backend {
   std::unique_ptr<ThreadPool> pool_;  // threads_ - 1 workers (the caller is the last one)
   std::vector<std::unique_ptr<Scratch>> scratch_;
   std::unique_ptr<Buffers> buffers_;
+  std::vector<float> op_scratch_;  // ops' step-sized temporaries (mHC μ, expert activations)
 };
+
+template <typename Fn>
+void CpuBackend::ForEachItem(int64_t items, int64_t work_per_item, const Fn& fn) {
+  const int64_t slots = std::min<int64_t>(threads_, items);
+  if (slots <= 1 || pool_ == nullptr || items * work_per_item < kMinParallelWork) {
+    for (int64_t item = 0; item < items; ++item) fn(0, item);
+    return;
+  }
+  // One pointer captured: the std::function ParallelFor takes needs no allocation.
+  struct Shared {
+    const Fn& fn;
+    int64_t items;
+    std::atomic<int64_t> next{0};
+  } shared{fn, items};
+  pool_->ParallelFor(static_cast<size_t>(slots), [s = &shared](size_t slot) {
+    for (int64_t item = s->next.fetch_add(1); item < s->items; item = s->next.fetch_add(1)) {
+      s->fn(static_cast<int>(slot), item);
+    }
+  });
+}
 
 }  // namespace strata::engine

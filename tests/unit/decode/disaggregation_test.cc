@@ -26,20 +26,19 @@ namespace fs = std::filesystem;
 
 constexpr int64_t kVocab = 512;
 
-// One model instance: its own backend, experts, threads and pool over shared weights.
+// One model instance: its own backend, experts and pool over shared weights (CPU backends read
+// the weights where they are, so one set serves them all).
 struct Instance {
   Instance(const engine::ModelWeights& weights, int64_t blocks)
       : layout(weights.config()),
         pool(layout, blocks),
         backend(engine::MakeCpuBackend(1)),
         experts(weights, *backend),
-        threads(1),
-        model(weights, *backend, experts, pool, threads) {}
+        model(weights, *backend, experts, pool) {}
   engine::KvLayout layout;
   engine::KvPool pool;
   std::unique_ptr<engine::Backend> backend;
   engine::LocalExperts experts;
-  ThreadPool threads;
   engine::Model model;
 };
 
@@ -85,10 +84,12 @@ class DisaggregationTest : public ::testing::Test {
     auto ckpt = engine::Checkpoint::Load(*dir_ + "/m", {.threads = 2, .progress = false});
     ASSERT_TRUE(ckpt.ok()) << ckpt.status();
     ckpt_ = ckpt->release();
-    weights_ = engine::ModelWeights::Create(*ckpt_)->release();
+    weights_backend_ = engine::MakeCpuBackend(1).release();
+    weights_ = engine::ModelWeights::Create(*ckpt_, *weights_backend_)->release();
   }
   static void TearDownTestSuite() {
     delete weights_;
+    delete weights_backend_;
     delete ckpt_;
     fs::remove_all(*dir_);
     delete dir_;
@@ -179,6 +180,7 @@ class DisaggregationTest : public ::testing::Test {
 
   static std::string* dir_;
   static engine::Checkpoint* ckpt_;
+  static engine::Backend* weights_backend_;
   static engine::ModelWeights* weights_;
   std::shared_ptr<transport::InProcFabric> fabric_;
   std::unique_ptr<Instance> colocated_, decode_, prefill_;
@@ -190,6 +192,7 @@ class DisaggregationTest : public ::testing::Test {
 
 std::string* DisaggregationTest::dir_ = nullptr;
 engine::Checkpoint* DisaggregationTest::ckpt_ = nullptr;
+engine::Backend* DisaggregationTest::weights_backend_ = nullptr;
 engine::ModelWeights* DisaggregationTest::weights_ = nullptr;
 
 // Greedy tokens are identical: chunking (prefill chunk 300 vs colocated 100, shared with other

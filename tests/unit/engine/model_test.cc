@@ -46,10 +46,12 @@ class ModelTest : public ::testing::Test {
     auto ckpt = Checkpoint::Load(*dir_ + "/m", {.threads = 2, .progress = false});
     ASSERT_TRUE(ckpt.ok()) << ckpt.status();
     ckpt_ = ckpt->release();
-    weights_ = ModelWeights::Create(*ckpt_)->release();
+    weights_backend_ = new testing::ReferenceBackend();
+    weights_ = ModelWeights::Create(*ckpt_, *weights_backend_)->release();
   }
   static void TearDownTestSuite() {
     delete weights_;
+    delete weights_backend_;
     delete ckpt_;
     fs::remove_all(*dir_);
     delete dir_;
@@ -58,9 +60,8 @@ class ModelTest : public ::testing::Test {
   void SetUp() override {
     layout_ = std::make_unique<KvLayout>(weights_->config());
     pool_ = std::make_unique<KvPool>(*layout_, 64);
-    threads_ = std::make_unique<ThreadPool>(2);
     experts_ = std::make_unique<LocalExperts>(*weights_, backend_);
-    model_ = std::make_unique<Model>(*weights_, backend_, *experts_, *pool_, *threads_);
+    model_ = std::make_unique<Model>(*weights_, backend_, *experts_, *pool_);
   }
 
   static std::vector<int32_t> Prompt(int64_t n, uint64_t seed) {
@@ -97,17 +98,18 @@ class ModelTest : public ::testing::Test {
 
   static std::string* dir_;
   static Checkpoint* ckpt_;
+  static Backend* weights_backend_;  // reads host memory: its weights serve every CPU-side backend
   static ModelWeights* weights_;
   testing::ReferenceBackend backend_;
   std::unique_ptr<KvLayout> layout_;
   std::unique_ptr<KvPool> pool_;
-  std::unique_ptr<ThreadPool> threads_;
   std::unique_ptr<LocalExperts> experts_;
   std::unique_ptr<Model> model_;
 };
 
 std::string* ModelTest::dir_ = nullptr;
 Checkpoint* ModelTest::ckpt_ = nullptr;
+Backend* ModelTest::weights_backend_ = nullptr;
 ModelWeights* ModelTest::weights_ = nullptr;
 
 TEST_F(ModelTest, LogitsAreFiniteAndNotDegenerate) {
@@ -153,7 +155,7 @@ TEST_F(ModelTest, ChunkingDoesNotChangeKvBytesOrLogits) {
 TEST_F(ModelTest, ChunkingIsExactOnTheCpuBackend) {
   std::unique_ptr<Backend> cpu = MakeCpuBackend(2);
   LocalExperts experts(*weights_, *cpu);
-  Model model(*weights_, *cpu, experts, *pool_, *threads_);
+  Model model(*weights_, *cpu, experts, *pool_);
   const std::vector<int32_t> prompt = Prompt(1100, 6);
   auto run = [&](size_t chunk, std::vector<uint8_t>* bytes) {
     SequenceCache cache = model.NewSequence();

@@ -1,0 +1,385 @@
+// CpuBackend: the attention side of a layer — RoPE, query preparation, KV entry encoding, the
+// compressors, the lightning indexer's top-k, sparse attention with the sink and the window ring
+// (see engine/backend.h for each op's contract).
+//
+// Work is split so both long prompts and single decode tokens keep every thread busy: per-row
+// ops over rows (× heads), the indexer over slices of keys, attention over (row, head group).
+// Every result is computed from its own row's inputs and the sequence's past in position order,
+// so it does not depend on the batch or on the split.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/vector_ops.h"
+#include "engine/kv_codec.h"
+#include "engine/kv_layout.h"
+#include "engine/numerics.h"
+
+namespace strata::engine {
+namespace {
+
+MainEntryCodec MainCodec(const KvEntryFormat& f) {
+  return MainEntryCodec{f.nope, f.rope, f.main_bytes};
+}
+IndexerEntryCodec IndexCodec(const KvEntryFormat& f) {
+  return IndexerEntryCodec{f.index_dim, f.index_bytes};
+}
+
+// cos/sin of the angles fp32(t·f_j) (negated for the inverse) of one position.
+struct RopeAngles {
+  float cos[256];
+  float sin[256];
+  int64_t pairs = 0;
+  RopeAngles(const RopeTable& rope, int64_t position, bool inverse) : pairs(rope.dim / 2) {
+    const float t = static_cast<float>(position);
+    for (int64_t j = 0; j < pairs; ++j) {
+      float angle = t * rope.freqs[j];
+      if (inverse) angle = -angle;
+      cos[j] = std::cos(angle);
+      sin[j] = std::sin(angle);
+    }
+  }
+  // Rotates the pairs of x[0 : 2·pairs]; results BF16.
+  void Apply(float* x) const {
+    for (int64_t j = 0; j < pairs; ++j) {
+      const float x0 = x[2 * j], x1 = x[2 * j + 1];
+      x[2 * j] = RoundToBf16(x0 * cos[j] - x1 * sin[j]);
+      x[2 * j + 1] = RoundToBf16(x0 * sin[j] + x1 * cos[j]);
+    }
+  }
+};
+
+// The normalised Walsh–Hadamard rotation (butterfly in FP32, then bf16(x · 1/sqrt(n))).
+void Hadamard(float* x, int64_t n) {
+  for (int64_t h = 1; h < n; h *= 2) {
+    for (int64_t i = 0; i < n; i += 2 * h) {
+      for (int64_t j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+    }
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(n));
+  for (int64_t i = 0; i < n; ++i) x[i] = RoundToBf16(x[i] * scale);
+}
+
+const uint8_t* BlockEntry(const KvPoolView& pool, const StepSequence& s, int64_t entry,
+                          int64_t per_block, int64_t offset, int64_t bytes) {
+  return pool.base + static_cast<int64_t>(s.blocks[entry / per_block]) * pool.block_bytes + offset +
+         (entry % per_block) * bytes;
+}
+
+}  // namespace
+
+void CpuBackend::QueryHeads(float* q, int64_t rows, int64_t heads, int64_t dim, float eps,
+                            const RopeTable& rope, const int64_t* positions) {
+  ForEachItem(rows, heads * dim * 8, [&](int, int64_t t) {
+    const RopeAngles angles(rope, positions[t], /*inverse=*/false);
+    for (int64_t h = 0; h < heads; ++h) {
+      float* u = q + (t * heads + h) * dim;
+      cpu::RoundBf16(u, dim);
+      float sum = 0;
+      for (int64_t i = 0; i < dim; ++i) sum += RoundToBf16(u[i] * u[i]);
+      float s = RoundToBf16(sum / static_cast<float>(dim));
+      s = RoundToBf16(s + eps);
+      const float g = RoundToBf16(1.0f / std::sqrt(s));
+      for (int64_t i = 0; i < dim; ++i) u[i] *= g;
+      cpu::RoundBf16(u, dim);
+      angles.Apply(u + dim - rope.dim);
+    }
+  });
+}
+
+void CpuBackend::Rope(float* x, int64_t rows, int64_t stride, const RopeTable& rope,
+                      const int64_t* positions) {
+  ForEachItem(rows, rope.dim * 16, [&](int, int64_t t) {
+    RopeAngles(rope, positions[t], false).Apply(x + t * stride + stride - rope.dim);
+  });
+}
+
+void CpuBackend::IndexerQueries(float* q, int64_t rows, int64_t heads, int64_t dim,
+                                const RopeTable& rope, const int64_t* positions) {
+  const IndexerEntryCodec codec{dim, dim / 2 + dim / 32};
+  ForEachItem(rows, heads * dim * 16, [&](int, int64_t t) {
+    const RopeAngles angles(rope, positions[t], false);
+    thread_local std::vector<uint8_t> bytes;
+    bytes.resize(static_cast<size_t>(codec.bytes));
+    for (int64_t h = 0; h < heads; ++h) {
+      float* u = q + (t * heads + h) * dim;
+      cpu::RoundBf16(u, dim);
+      angles.Apply(u + dim - rope.dim);
+      Hadamard(u, dim);
+      codec.Encode(u, bytes.data());
+    }
+  });
+}
+
+void CpuBackend::EncodeMainEntries(float* v, int64_t rows, const KvEntryFormat& f, uint8_t* out) {
+  const MainEntryCodec codec = MainCodec(f);
+  ForEachItem(rows, (f.nope + f.rope) * 16, [&](int, int64_t t) {
+    codec.Encode(v + t * (f.nope + f.rope), out + t * f.main_bytes);
+  });
+}
+
+void CpuBackend::AddApe(float* z, int64_t rows, int64_t width, const float* ape, int64_t ratio,
+                        const int64_t* positions) {
+  ForEachItem(rows, width, [&](int, int64_t t) {
+    const float* a = ape + (positions[t] % ratio) * width;
+    float* zt = z + t * width;
+    for (int64_t i = 0; i < width; ++i) zt[i] += a[i];
+  });
+}
+
+void CpuBackend::Compress(const StepBatch& step, const CompressorParams& p, const KvEntryFormat& f,
+                          const float* a, const float* z, const KvPoolView& pool) {
+  const int64_t m = p.ratio, width = p.width;
+  const int64_t out_dim = m == 4 ? width / 2 : width;
+  const int64_t per_block = kBlockTokens / m;
+  // The entries this step completes: (sequence, group) pairs.
+  struct Job {
+    const StepSequence* s;
+    int64_t group;
+  };
+  std::vector<Job> jobs;
+  for (const StepSequence& s : step.host_seqs) {
+    for (int64_t g = s.start / m; (g + 1) * m <= s.start + s.n; ++g) jobs.push_back(Job{&s, g});
+  }
+  const MainEntryCodec main_codec = MainCodec(f);
+  const IndexerEntryCodec index_codec = IndexCodec(f);
+  ForEachItem(static_cast<int64_t>(jobs.size()), out_dim * 2 * m * 8, [&](int, int64_t item) {
+    const StepSequence& s = *jobs[static_cast<size_t>(item)].s;
+    const int64_t g = jobs[static_cast<size_t>(item)].group;
+    // Candidate rows (a, z) and the channel offset each uses, previous group first.
+    const float* ra[256];
+    const float* rz[256];
+    int64_t count = 0;
+    auto add = [&](int64_t pos, int64_t channel) {
+      const float *ar, *zr;
+      if (pos >= s.start) {
+        ar = a + (s.row + pos - s.start) * width;
+        zr = z + (s.row + pos - s.start) * width;
+      } else {
+        ar = reinterpret_cast<const float*>(s.state + p.carry_offset) +
+             (pos % p.carry_rows) * 2 * width;
+        zr = ar + width;
+      }
+      ra[count] = ar + channel;
+      rz[count] = zr + channel;
+      ++count;
+    };
+    if (m == 4 && g > 0) {
+      for (int64_t pos = (g - 1) * m; pos < g * m; ++pos) add(pos, 0);
+    }
+    for (int64_t pos = g * m; pos < (g + 1) * m; ++pos) add(pos, m == 4 ? out_dim : 0);
+
+    thread_local std::vector<float> mx, sum, acc, e;
+    mx.assign(static_cast<size_t>(out_dim), -INFINITY);
+    sum.assign(static_cast<size_t>(out_dim), 0.0f);
+    acc.assign(static_cast<size_t>(out_dim), 0.0f);
+    e.resize(static_cast<size_t>(count * out_dim));
+    for (int64_t i = 0; i < count; ++i) {
+      for (int64_t ch = 0; ch < out_dim; ++ch)
+        mx[static_cast<size_t>(ch)] = std::max(mx[static_cast<size_t>(ch)], rz[i][ch]);
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      float* ei = e.data() + i * out_dim;
+      for (int64_t ch = 0; ch < out_dim; ++ch) {
+        ei[ch] = std::exp(rz[i][ch] - mx[static_cast<size_t>(ch)]);
+        sum[static_cast<size_t>(ch)] += ei[ch];
+      }
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const float* ei = e.data() + i * out_dim;
+      for (int64_t ch = 0; ch < out_dim; ++ch)
+        acc[static_cast<size_t>(ch)] += ei[ch] / sum[static_cast<size_t>(ch)] * ra[i][ch];
+    }
+    float* pooled = acc.data();
+    cpu::RoundBf16(pooled, out_dim);
+    const float inv =
+        1.0f /
+        std::sqrt(cpu::SumSquares(pooled, out_dim) / static_cast<float>(out_dim) + p.norm_eps);
+    cpu::ScaleRoundBf16(pooled, inv, p.norm, out_dim, pooled);
+    RopeAngles(p.rope, g * m, false).Apply(pooled + out_dim - p.rope.dim);
+    uint8_t* block = pool.base + static_cast<int64_t>(s.blocks[g / per_block]) * pool.block_bytes;
+    if (p.indexer) {
+      Hadamard(pooled, out_dim);
+      index_codec.Encode(pooled, block + p.entry_offset + (g % per_block) * index_codec.bytes);
+    } else {
+      main_codec.Encode(pooled, block + p.entry_offset + (g % per_block) * main_codec.bytes);
+    }
+  });
+  // Then the carry ring: the last carry_rows new rows of each sequence.
+  for (const StepSequence& s : step.host_seqs) {
+    float* ring = reinterpret_cast<float*>(s.state + p.carry_offset);
+    for (int64_t pos = std::max(s.start, s.start + s.n - p.carry_rows); pos < s.start + s.n;
+         ++pos) {
+      float* dst = ring + (pos % p.carry_rows) * 2 * width;
+      std::memcpy(dst, a + (s.row + pos - s.start) * width, static_cast<size_t>(width) * 4);
+      std::memcpy(dst + width, z + (s.row + pos - s.start) * width, static_cast<size_t>(width) * 4);
+    }
+  }
+}
+
+void CpuBackend::IndexerTopK(const StepBatch& step, const IndexerParams& p, const KvEntryFormat& f,
+                             const float* q, const float* w, const KvPoolView& pool,
+                             int32_t* chosen, int32_t* count) {
+  const int64_t ih = p.heads, ic = p.dim, m = 4, per_block = kBlockTokens / m;
+  const IndexerEntryCodec codec = IndexCodec(f);
+  for (const StepSequence& s : step.host_seqs) {
+    const int64_t max_visible = (s.start + s.n) / m;
+    if (max_visible == 0) {
+      for (int64_t i = 0; i < s.n; ++i) count[s.row + i] = 0;
+      continue;
+    }
+    // Keys are decoded from their FP4 bytes a slice at a time into per-thread scratch, never
+    // materialised whole; rows are tiled so the score matrix stays within 64 MiB.
+    constexpr int64_t kSlice = 256;
+    const int64_t slices = (max_visible + kSlice - 1) / kSlice;
+    const int64_t tile = std::clamp<int64_t>((int64_t{16} << 20) / max_visible, 1, s.n);
+    std::vector<float> scores;
+    for (int64_t first = 0; first < s.n; first += tile) {
+      const int64_t rows = std::min(tile, s.n - first);
+      scores.resize(static_cast<size_t>(rows * max_visible));
+      ForEachItem(slices, kSlice * ih * ic * rows, [&](int, int64_t slice) {
+        const int64_t j0 = slice * kSlice, j1 = std::min(max_visible, j0 + kSlice);
+        thread_local std::vector<float> keys;
+        keys.resize(static_cast<size_t>(kSlice * ic));
+        for (int64_t j = j0; j < j1; ++j) {
+          codec.Decode(BlockEntry(pool, s, j, per_block, p.entry_offset, codec.bytes),
+                       keys.data() + (j - j0) * ic);
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t row = s.row + first + i;
+          const int64_t visible = std::min(j1, (s.start + first + i + 1) / m);
+          if (visible > j0) {
+            cpu::IndexerScores(q + row * ih * ic, w + row * ih, ih, keys.data(), visible - j0, ic,
+                               scores.data() + i * max_visible + j0);
+          }
+        }
+      });
+      ForEachItem(rows, max_visible * 4, [&](int, int64_t i) {
+        const int64_t row = s.row + first + i;
+        const int64_t visible = (s.start + first + i + 1) / m;
+        const int64_t k = std::min<int64_t>(p.topk, visible);
+        int32_t* out = chosen + row * p.topk;
+        count[row] = static_cast<int32_t>(k);
+        if (k == visible) {
+          std::iota(out, out + k, 0);
+          return;
+        }
+        thread_local std::vector<int32_t> order;
+        order.resize(static_cast<size_t>(visible));
+        std::iota(order.begin(), order.end(), 0);
+        const float* sc = scores.data() + i * max_visible;
+        // Highest scores first; among equal scores the lower index (MODEL.md §5): a strict total
+        // order, so the k selected are the same whatever the algorithm.
+        std::nth_element(
+            order.begin(), order.begin() + (k - 1), order.end(),
+            [&](int32_t a, int32_t b) { return sc[a] != sc[b] ? sc[a] > sc[b] : a < b; });
+        std::copy_n(order.begin(), k, out);
+        std::sort(out, out + k);
+      });
+    }
+  }
+}
+
+void CpuBackend::AttendSequence(const StepSequence& s, const AttentionParams& p,
+                                const KvEntryFormat& f, const float* q, const float* kv,
+                                const int32_t* chosen, const int32_t* count, const KvPoolView& pool,
+                                float* o) {
+  const int64_t H = p.heads, hd = p.head_dim, w = p.window, m = p.ratio;
+  const MainEntryCodec codec = MainCodec(f);
+  // Shared by the sequence's rows: the window entries before the step (from the ring) and, for
+  // HCA, every entry visible to its last row.
+  const int64_t ring_first = std::max<int64_t>(0, s.start - w + 1);
+  std::vector<float> ring(static_cast<size_t>((s.start - ring_first) * hd));
+  for (int64_t u = ring_first; u < s.start; ++u) {
+    codec.Decode(s.state + p.window_offset + (u % w) * codec.bytes,
+                 ring.data() + (u - ring_first) * hd);
+  }
+  std::vector<float> hca;
+  if (m == 128) {
+    const int64_t visible = (s.start + s.n) / m;
+    hca.resize(static_cast<size_t>(visible * hd));
+    constexpr int64_t kSlice = 64;
+    ForEachItem((visible + kSlice - 1) / kSlice, kSlice * hd * 4, [&](int, int64_t slice) {
+      for (int64_t j = slice * kSlice; j < std::min(visible, (slice + 1) * kSlice); ++j) {
+        codec.Decode(BlockEntry(pool, s, j, kBlockTokens / m, p.entry_offset, codec.bytes),
+                     hca.data() + j * hd);
+      }
+    });
+  }
+  // Few rows (decode): split the heads too, so every thread has work.
+  const int64_t groups = std::clamp<int64_t>(threads() / s.n, 1, H);
+  const int64_t heads_per_group = (H + groups - 1) / groups;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  ForEachItem(s.n * groups, (w + p.topk + 64) * hd * heads_per_group * 2, [&](int, int64_t item) {
+    const int64_t i = item / groups, group = item % groups;
+    const int64_t row = s.row + i, pos = s.start + i;
+    thread_local std::vector<const float*> cand;
+    thread_local std::vector<float> decoded, logits;
+    cand.clear();
+    for (int64_t u = std::max<int64_t>(0, pos - w + 1); u <= pos; ++u) {
+      cand.push_back(u >= s.start ? kv + (s.row + u - s.start) * hd
+                                  : ring.data() + (u - ring_first) * hd);
+    }
+    if (m == 4) {
+      const int64_t n = count[row];
+      decoded.resize(static_cast<size_t>(n * hd));
+      for (int64_t c = 0; c < n; ++c) {
+        const int32_t j = chosen[row * p.topk + c];
+        codec.Decode(BlockEntry(pool, s, j, kBlockTokens / m, p.entry_offset, codec.bytes),
+                     decoded.data() + c * hd);
+        cand.push_back(decoded.data() + c * hd);
+      }
+    } else if (m == 128) {
+      for (int64_t j = 0; j < (pos + 1) / m; ++j) cand.push_back(hca.data() + j * hd);
+    }
+    const int64_t n = static_cast<int64_t>(cand.size());
+    logits.resize(static_cast<size_t>(n));
+    const RopeAngles inverse(p.rope, pos, /*inverse=*/true);
+    for (int64_t h = group * heads_per_group; h < std::min(H, (group + 1) * heads_per_group); ++h) {
+      const float* qh = q + (row * H + h) * hd;
+      const float sink = p.sink[h];
+      float mx = sink;
+      for (int64_t j = 0; j < n; ++j) {
+        logits[static_cast<size_t>(j)] = cpu::Dot(qh, cand[static_cast<size_t>(j)], hd) * scale;
+        mx = std::max(mx, logits[static_cast<size_t>(j)]);
+      }
+      float denom = std::exp(sink - mx);
+      for (int64_t j = 0; j < n; ++j) {
+        denom += (logits[static_cast<size_t>(j)] = std::exp(logits[static_cast<size_t>(j)] - mx));
+      }
+      float* oh = o + (row * H + h) * hd;
+      std::fill(oh, oh + hd, 0.0f);
+      for (int64_t j = 0; j < n; ++j)
+        cpu::Axpy(logits[static_cast<size_t>(j)] / denom, cand[static_cast<size_t>(j)], oh, hd);
+      cpu::RoundBf16(oh, hd);
+      inverse.Apply(oh + hd - p.rope.dim);
+    }
+  });
+}
+
+void CpuBackend::Attention(const StepBatch& step, const AttentionParams& p, const KvEntryFormat& f,
+                           const float* q, const float* kv, const int32_t* chosen,
+                           const int32_t* count, const KvPoolView& pool, float* o) {
+  for (const StepSequence& s : step.host_seqs)
+    AttendSequence(s, p, f, q, kv, chosen, count, pool, o);
+}
+
+void CpuBackend::StoreWindow(const StepBatch& step, const KvEntryFormat& f, int64_t window,
+                             int64_t window_offset, const uint8_t* entries) {
+  for (const StepSequence& s : step.host_seqs) {
+    uint8_t* ring = s.state + window_offset;
+    for (int64_t i = std::max<int64_t>(0, s.n - window); i < s.n; ++i) {
+      std::memcpy(ring + ((s.start + i) % window) * f.main_bytes,
+                  entries + (s.row + i) * f.main_bytes, static_cast<size_t>(f.main_bytes));
+    }
+  }
+}
+
+}  // namespace strata::engine

@@ -1,0 +1,106 @@
+#include "engine/cpu/vector_ops.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace strata::engine::cpu {
+
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define STRATA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define STRATA_CLONES
+#endif
+
+namespace {
+
+// bf16(f) without a branch, so loops over it vectorise: round to nearest even on the top 16
+// bits; NaN keeps its payload's top bits and is made quiet.
+inline float RoundOne(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  const uint32_t nan = (u | 0x00400000u) & 0xFFFF0000u;
+  const uint32_t r = (u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded;
+  float out;
+  std::memcpy(&out, &r, sizeof(out));
+  return out;
+}
+
+}  // namespace
+
+STRATA_CLONES float Dot(const float* a, const float* b, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  for (; i < n; ++i) acc[i & 15] += a[i] * b[i];
+  float sum = 0;
+  for (int j = 0; j < 16; ++j) sum += acc[j];
+  return sum;
+}
+
+STRATA_CLONES float SumSquares(const float* x, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += x[i + j] * x[i + j];
+  }
+  for (; i < n; ++i) acc[i & 15] += x[i] * x[i];
+  float sum = 0;
+  for (int j = 0; j < 16; ++j) sum += acc[j];
+  return sum;
+}
+
+STRATA_CLONES void Axpy(float alpha, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+STRATA_CLONES void RoundBf16(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = RoundOne(x[i]);
+}
+
+STRATA_CLONES void ScaleRoundBf16(const float* x, float r, const float* w, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = RoundOne(x[i] * r * w[i]);
+}
+
+STRATA_CLONES void IndexerScores(const float* q, const float* w, int64_t heads, const float* keys,
+                                 int64_t count, int64_t dim, float* out) {
+  for (int64_t j = 0; j < count; ++j) {
+    const float* key = keys + j * dim;
+    float score = 0;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* qh = q + h * dim;
+      float acc[16] = {};
+      int64_t i = 0;
+      for (; i + 16 <= dim; i += 16) {
+        for (int l = 0; l < 16; ++l) acc[l] += qh[i + l] * key[i + l];
+      }
+      for (; i < dim; ++i) acc[i & 15] += qh[i] * key[i];
+      float dot = 0;
+      for (int l = 0; l < 16; ++l) dot += acc[l];
+      score += w[h] * std::max(dot, 0.0f);
+    }
+    out[j] = score;
+  }
+}
+
+STRATA_CLONES void MixRowsBf16(const float* coef, const float* const* rows, int64_t count,
+                               int64_t n, float* out) {
+  constexpr int64_t kTile = 256;
+  float sum[kTile];
+  for (int64_t k0 = 0; k0 < n; k0 += kTile) {
+    const int64_t len = std::min(kTile, n - k0);
+    const float c0 = coef[0];
+    const float* row0 = rows[0] + k0;
+    for (int64_t k = 0; k < len; ++k) sum[k] = c0 * row0[k];
+    for (int64_t i = 1; i < count; ++i) {
+      const float c = coef[i];
+      const float* row = rows[i] + k0;
+      for (int64_t k = 0; k < len; ++k) sum[k] += c * row[k];
+    }
+    for (int64_t k = 0; k < len; ++k) out[k0 + k] = RoundOne(sum[k]);
+  }
+}
+
+}  // namespace strata::engine::cpu

@@ -1,0 +1,31 @@
+// Vectorised loops of the CPU backend's non-linear ops (attention, indexer, norms, mHC). Each is
+// compiled for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and baseline, and the loader picks the
+// best one for the CPU at run time (GCC target_clones); elsewhere the portable code runs.
+//
+// Summation orders are fixed (16 interleaved partial sums, then summed in order), so a result
+// depends only on its inputs — never on the batch, the thread or the instruction set chosen.
+#pragma once
+
+#include <cstdint>
+
+namespace strata::engine::cpu {
+
+// Σ a[i]·b[i] in FP32.
+float Dot(const float* a, const float* b, int64_t n);
+// Σ x[i]² in FP32.
+float SumSquares(const float* x, int64_t n);
+// y[i] += alpha · x[i]
+void Axpy(float alpha, const float* x, float* y, int64_t n);
+// x[i] = bf16(x[i]) (nearest even; NaN stays NaN).
+void RoundBf16(float* x, int64_t n);
+// out[i] = bf16(x[i] · r · w[i])
+void ScaleRoundBf16(const float* x, float r, const float* w, int64_t n, float* out);
+// The lightning indexer's scores of `count` keys [count][dim]: out[j] = Σ_h w[h]·ReLU(q_h·k_j),
+// heads in order, each dot product with Dot's order.
+void IndexerScores(const float* q, const float* w, int64_t heads, const float* keys, int64_t count,
+                   int64_t dim, float* out);
+// out[k] = bf16(Σ_i coef[i] · rows[i][k]) for i < count (≥ 1; the sum starts from the first
+// product and adds the others in order), k < n.
+void MixRowsBf16(const float* coef, const float* const* rows, int64_t count, int64_t n, float* out);
+
+}  // namespace strata::engine::cpu
