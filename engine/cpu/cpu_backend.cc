@@ -218,7 +218,7 @@ CpuBackend::CpuBackend(CpuIsa isa, const LinearKernelTable* kernels,
       bf16_kernels_(bf16_kernels),
       threads_(threads),
       buffers_(std::make_unique<Buffers>()) {
-  if (threads_ > 1) pool_ = std::make_unique<ThreadPool>(threads_ - 1);
+  if (threads_ > 1) pool_ = std::make_unique<cpu::ForkJoinPool>(threads_ - 1);
   for (int i = 0; i < threads_; ++i) scratch_.push_back(std::make_unique<Scratch>());
 }
 

@@ -26,7 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "common/thread_pool.h"
+#include "engine/cpu/fork_join.h"
 #include "engine/backend.h"
 
 namespace strata::engine {
@@ -162,7 +162,7 @@ class CpuBackend final : public Backend {
   const cpu::Bf16KernelTable* const bf16_kernels_;  // null unless isa_ == kAvx512Bf16
   const int threads_;
   bool batch_invariant_ = true;
-  std::unique_ptr<ThreadPool> pool_;  // threads_ - 1 workers (the caller is the last one)
+  std::unique_ptr<cpu::ForkJoinPool> pool_;  // threads_ - 1 workers (the caller is slot 0)
   std::vector<std::unique_ptr<Scratch>> scratch_;
   std::unique_ptr<Buffers> buffers_;
   std::vector<float> op_scratch_;  // ops' step-sized temporaries (mHC μ, expert activations)
@@ -175,16 +175,9 @@ void CpuBackend::ForEachItem(int64_t items, int64_t work_per_item, const Fn& fn)
     for (int64_t item = 0; item < items; ++item) fn(0, item);
     return;
   }
-  // One pointer captured: the std::function ParallelFor takes needs no allocation.
-  struct Shared {
-    const Fn& fn;
-    int64_t items;
-    std::atomic<int64_t> next{0};
-  } shared{fn, items};
-  pool_->ParallelFor(static_cast<size_t>(slots), [s = &shared](size_t slot) {
-    for (int64_t item = s->next.fetch_add(1); item < s->items; item = s->next.fetch_add(1)) {
-      s->fn(static_cast<int>(slot), item);
-    }
+  std::atomic<int64_t> next{0};
+  pool_->Run(static_cast<int>(slots), [&](int slot) {
+    for (int64_t item = next.fetch_add(1); item < items; item = next.fetch_add(1)) fn(slot, item);
   });
 }
 
