@@ -190,9 +190,8 @@ void DotBf16Tile(const uint16_t* w, int64_t cols, int64_t k_begin, int64_t k_end
     const __mmask32 mask = valid >= 32 ? ~__mmask32{0} : (__mmask32{1} << valid) - 1;
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m) {
-      if (k % 64 == 0) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + (MR + m) * cols + k), _MM_HINT_T1);
-      }
+      // One cache line (32 BF16 values) of the next tile's row each step.
+      _mm_prefetch(reinterpret_cast<const char*>(w + (MR + m) * cols + k), _MM_HINT_T1);
       const __m512bh wv = AsBf16(_mm512_maskz_loadu_epi16(mask, w + m * cols + k));
 #pragma GCC unroll 16
       for (int i = 0; i < NX; ++i) {
