@@ -440,7 +440,11 @@ void CpuBackend::LinearDotBf16(const KernelWeights& w, int64_t n, int64_t ldx, f
   }
 
   uint16_t* xb = buffers_->xb.Reserve<uint16_t>(n * ldxb);
-  const int64_t group = 16;
+  // Decode-sized calls stream the weights once: each item is a long run of consecutive rows, so
+  // a thread reads one sequential stream the prefetchers follow (16-row items handed out in turn
+  // would make each thread's stream jump every 16 rows).
+  const int64_t group =
+      n <= nx_max ? std::max<int64_t>(16, RoundUp(rows / (int64_t{8} * threads_), 16)) : 16;
   const int64_t items = (rows + group - 1) / group;
   if (w.format == KernelFormat::kBf16) {
     b.prepare_plain(xq, ldx, n, cols, xb, ldxb);
