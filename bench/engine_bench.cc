@@ -171,14 +171,18 @@ absl::Status BenchPreset(const Bench& bench, const std::string& preset) {
         return model.Step(inputs, &logits);
       };
       STRATA_RETURN_IF_ERROR(step());  // warm-up
+      // This machine's bandwidth drifts (shared hosts, CPU quotas): the roofline uses the
+      // bandwidth measured right before the case, not the one at the start of the run.
+      const double bandwidth = MeasureMemoryBandwidth(o.threads, size_t{256} << 20);
       auto start = Clock::now();
       for (int64_t i = 0; i < o.steps; ++i) STRATA_RETURN_IF_ERROR(step());
       const double seconds = Seconds(start);
       const double tok_s = static_cast<double>(batch * o.steps) / seconds;
       const double bytes = WeightBytesPerStep(c, batch) + static_cast<double>(batch) * KvBytesPerSequence(c, layout, context);
-      const double roofline = static_cast<double>(batch) * bench.bandwidth / bytes;
-      std::printf("  decode %s batch %lld context %lld: %.1f MB read per step, roofline %.1f tok/s\n", preset.c_str(),
-                  static_cast<long long>(batch), static_cast<long long>(context), bytes / 1e6, roofline);
+      const double roofline = static_cast<double>(batch) * bandwidth / bytes;
+      std::printf("  decode %s batch %lld context %lld: %.1f MB read per step at %.1f GB/s, roofline %.1f tok/s\n",
+                  preset.c_str(), static_cast<long long>(batch), static_cast<long long>(context), bytes / 1e6,
+                  bandwidth / 1e9, roofline);
       // The target: at least half the memory-bandwidth roofline.
       Report({absl::StrCat("decode_", preset, "_b", batch, "_ctx", context), tok_s, "tok/s", 0.5 * roofline},
              bench.results);
@@ -214,8 +218,7 @@ absl::Status BenchPreset(const Bench& bench, const std::string& preset) {
 
 }  // namespace
 
-double MeasureMemoryBandwidth(int threads) {
-  const size_t n = size_t{1} << 30;  // 1 GiB
+double MeasureMemoryBandwidth(int threads, size_t n) {  // n: bytes streamed
   std::vector<uint64_t> buffer(n / 8, 1);
   ThreadPool pool(static_cast<size_t>(std::max(threads, 0)));
   const size_t parts = pool.num_threads() * 4;
@@ -246,7 +249,7 @@ double MeasureMemoryBandwidth(int threads) {
 }
 
 absl::Status RunEngineBench(const EngineBenchOptions& options) {
-  Bench bench{options, MeasureMemoryBandwidth(options.threads)};
+  Bench bench{options, MeasureMemoryBandwidth(options.threads, size_t{1} << 30)};
   std::printf("memory bandwidth (streaming read): %.1f GB/s\n", bench.bandwidth / 1e9);
   for (const std::string& preset : options.presets) STRATA_RETURN_IF_ERROR(BenchPreset(bench, preset));
   return absl::OkStatus();

@@ -26,6 +26,6 @@ struct EngineBenchOptions {
 absl::Status RunEngineBench(const EngineBenchOptions& options);
 
 // Streaming-read bandwidth of this machine in bytes/s, all threads.
-double MeasureMemoryBandwidth(int threads);
+double MeasureMemoryBandwidth(int threads, size_t bytes = size_t{1} << 30);
 
 }  // namespace strata::bench
