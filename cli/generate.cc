@@ -74,7 +74,8 @@ absl::Status Run(const Flags& f) {
   }
 
   engine::KvLayout layout(config);
-  engine::KvPool pool(layout, layout.BlocksFor(static_cast<int64_t>(prompt.size()) + f.max_tokens) + 1);
+  engine::KvPool pool(layout, layout.BlocksFor(static_cast<int64_t>(prompt.size()) + f.max_tokens) + 1,
+                      runtime->backend.get());
   engine::Model model(*runtime->weights, *runtime->backend, *runtime->experts, pool);
   engine::SequenceCache cache = model.NewSequence();
   const double load_seconds = std::chrono::duration<double>(Clock::now() - start).count();

@@ -174,6 +174,15 @@ struct ExpertWeights {
   WeightView w1, w3, w2;
 };
 
+// A KV record (a block or a state slot) to seal: `bytes` of backend memory, header included.
+struct KvRecordSeal {
+  uint8_t* record = nullptr;
+  int64_t bytes = 0;
+  uint16_t kind = 0;  // engine::KvRecordKind
+  uint64_t fingerprint = 0;
+  uint64_t tokens = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -190,6 +199,12 @@ class Backend {
   // Read-only host bytes (a checkpoint tensor, a converted vector) as backend memory that lives
   // as long as the backend: the same pointer where the backend reads host memory, else a copy.
   virtual absl::StatusOr<const void*> MakeResident(const void* host, int64_t bytes) = 0;
+  virtual void Zero(void* dst, int64_t bytes) = 0;
+  // Whether backend memory is host memory (the CPU backend): then host code may also read and
+  // write it directly — the KV pool a transport registers, state slots in host vectors.
+  virtual bool host_memory() const { return false; }
+  // Seals KV records in backend memory (engine/kv_cache.h's SealKvRecord: header and checksum).
+  virtual void SealRecords(absl::Span<const KvRecordSeal> seals) = 0;
 
   // ---- Dense ops ------------------------------------------------------------------------------
   // y[n, rows] = x[n, cols] · Wᵀ in FP32. For kFp8Block and kFp4Block, x is first quantized per

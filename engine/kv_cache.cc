@@ -1,14 +1,18 @@
 #include "engine/kv_cache.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "xxhash.h"
 
 namespace strata::engine {
 
-void SealKvRecord(uint8_t* record, int64_t total_bytes, KvRecordKind kind, uint64_t fingerprint, uint64_t tokens) {
+void SealKvRecord(uint8_t* record, int64_t total_bytes, KvRecordKind kind, uint64_t fingerprint,
+                  uint64_t tokens) {
   KvRecordHeader h{};
   h.magic = kKvMagic;
   h.version = kKvVersion;
@@ -20,16 +24,21 @@ void SealKvRecord(uint8_t* record, int64_t total_bytes, KvRecordKind kind, uint6
   std::memcpy(record, &h, sizeof(h));
 }
 
-absl::Status VerifyKvRecord(const uint8_t* record, int64_t total_bytes, KvRecordKind kind, uint64_t fingerprint) {
+absl::Status VerifyKvRecord(const uint8_t* record, int64_t total_bytes, KvRecordKind kind,
+                            uint64_t fingerprint) {
   const char* what = kind == KvRecordKind::kBlock ? "KV block" : "KV state slot";
-  if (total_bytes < kKvHeaderBytes) return absl::DataLossError(absl::StrCat(what, ": shorter than its header"));
+  if (total_bytes < kKvHeaderBytes)
+    return absl::DataLossError(absl::StrCat(what, ": shorter than its header"));
   KvRecordHeader h;
   std::memcpy(&h, record, sizeof(h));
-  if (h.magic != kKvMagic) return absl::DataLossError(absl::StrCat(what, ": bad magic (not a Strata KV record)"));
+  if (h.magic != kKvMagic)
+    return absl::DataLossError(absl::StrCat(what, ": bad magic (not a Strata KV record)"));
   if (h.version != kKvVersion) {
-    return absl::DataLossError(absl::StrCat(what, ": version ", h.version, ", this build reads ", kKvVersion));
+    return absl::DataLossError(
+        absl::StrCat(what, ": version ", h.version, ", this build reads ", kKvVersion));
   }
-  if (h.kind != static_cast<uint16_t>(kind)) return absl::DataLossError(absl::StrCat(what, ": wrong record kind ", h.kind));
+  if (h.kind != static_cast<uint16_t>(kind))
+    return absl::DataLossError(absl::StrCat(what, ": wrong record kind ", h.kind));
   if (h.fingerprint != fingerprint) {
     return absl::DataLossError(absl::StrCat(what, ": written for another model layout"));
   }
@@ -43,10 +52,22 @@ absl::Status VerifyKvRecord(const uint8_t* record, int64_t total_bytes, KvRecord
   return absl::OkStatus();
 }
 
-KvPool::KvPool(const KvLayout& layout, int64_t num_blocks)
+KvPool::KvPool(const KvLayout& layout, int64_t num_blocks, Backend* backend)
     : layout_(layout),
       num_blocks_(num_blocks),
-      memory_(new uint8_t[static_cast<size_t>(num_blocks * layout.block_bytes())]) {
+      backend_(backend != nullptr && !backend->host_memory() ? backend : nullptr) {
+  const int64_t bytes = num_blocks * layout.block_bytes();
+  if (backend_ == nullptr) {
+    host_.reset(new uint8_t[static_cast<size_t>(bytes)]);
+  } else {
+    absl::StatusOr<DeviceBuffer> memory = DeviceBuffer::Allocate(*backend_, bytes);
+    if (!memory.ok()) {
+      std::fprintf(stderr, "KV pool of %lld blocks: %s\n", static_cast<long long>(num_blocks),
+                   std::string(memory.status().message()).c_str());
+      std::abort();
+    }
+    device_ = std::move(*memory);
+  }
   absl::MutexLock lock(&mu_);
   free_.resize(static_cast<size_t>(num_blocks));
   // Hand out low ids first.
@@ -64,7 +85,11 @@ absl::StatusOr<int32_t> KvPool::Allocate() {
     id = free_.back();
     free_.pop_back();
   }
-  std::memset(block(id), 0, static_cast<size_t>(layout_.block_bytes()));
+  if (backend_ != nullptr) {
+    backend_->Zero(block(id), layout_.block_bytes());
+  } else {
+    std::memset(block(id), 0, static_cast<size_t>(layout_.block_bytes()));
+  }
   return id;
 }
 

@@ -14,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/backend.h"
 #include "engine/kv_layout.h"
 
 namespace strata::engine {
@@ -26,8 +27,8 @@ struct KvRecordHeader {
   uint16_t kind;         // KvRecordKind
   uint64_t fingerprint;  // KvLayout::fingerprint()
   uint64_t payload_bytes;
-  uint64_t tokens;       // block: tokens written (≤ 128); state: the sequence position
-  uint64_t checksum;     // XXH3-64 of the payload, set by Seal()
+  uint64_t tokens;    // block: tokens written (≤ 128); state: the sequence position
+  uint64_t checksum;  // XXH3-64 of the payload, set by Seal()
   uint8_t reserved[24];
 };
 static_assert(sizeof(KvRecordHeader) == kKvHeaderBytes);
@@ -36,30 +37,41 @@ inline constexpr uint32_t kKvMagic = 0x3156'4B53;  // "SKV1" little-endian
 inline constexpr uint16_t kKvVersion = 1;
 
 // Writes the header of a record of `total_bytes` (header included) with its checksum.
-void SealKvRecord(uint8_t* record, int64_t total_bytes, KvRecordKind kind, uint64_t fingerprint, uint64_t tokens);
+void SealKvRecord(uint8_t* record, int64_t total_bytes, KvRecordKind kind, uint64_t fingerprint,
+                  uint64_t tokens);
 // Checks magic, version, kind, layout and checksum; the message says which failed.
-absl::Status VerifyKvRecord(const uint8_t* record, int64_t total_bytes, KvRecordKind kind, uint64_t fingerprint);
+absl::Status VerifyKvRecord(const uint8_t* record, int64_t total_bytes, KvRecordKind kind,
+                            uint64_t fingerprint);
 
 class KvPool {
  public:
-  KvPool(const KvLayout& layout, int64_t num_blocks);
+  // Host memory (what a transport registers), or, given a backend whose memory is not host
+  // memory (a GPU), that backend's memory: then block() pointers are backend memory, read and
+  // written only through the backend. Aborts if the backend cannot allocate the pool (a
+  // deployment sized beyond the device).
+  KvPool(const KvLayout& layout, int64_t num_blocks, Backend* backend = nullptr);
 
   // A zeroed block id; ResourceExhausted when the pool is full.
   absl::StatusOr<int32_t> Allocate();
   void Free(int32_t id);
-  uint8_t* block(int32_t id) { return memory_.get() + static_cast<size_t>(id) * layout_.block_bytes(); }
-  const uint8_t* block(int32_t id) const { return memory_.get() + static_cast<size_t>(id) * layout_.block_bytes(); }
+  uint8_t* block(int32_t id) { return memory() + static_cast<size_t>(id) * layout_.block_bytes(); }
+  const uint8_t* block(int32_t id) const {
+    return const_cast<KvPool*>(this)->memory() + static_cast<size_t>(id) * layout_.block_bytes();
+  }
   int64_t num_blocks() const { return num_blocks_; }
   int64_t free_blocks() const;
   const KvLayout& layout() const { return layout_; }
   // The whole pool, for registering with a transport.
-  uint8_t* memory() { return memory_.get(); }
+  uint8_t* memory() { return device_.get() != nullptr ? device_.as<uint8_t>() : host_.get(); }
+  bool host_memory() const { return device_.get() == nullptr; }
   int64_t memory_bytes() const { return num_blocks_ * layout_.block_bytes(); }
 
  private:
   const KvLayout layout_;
   const int64_t num_blocks_;
-  std::unique_ptr<uint8_t[]> memory_;
+  Backend* const backend_;  // set when the pool is in backend memory
+  std::unique_ptr<uint8_t[]> host_;
+  DeviceBuffer device_;
   mutable absl::Mutex mu_;
   std::vector<int32_t> free_ ABSL_GUARDED_BY(mu_);
 };
@@ -67,9 +79,14 @@ class KvPool {
 // One sequence's cache: its position, block table and state slot. Owned by the engine's step
 // loop (one thread).
 struct SequenceCache {
-  int64_t position = 0;          // tokens processed so far
-  std::vector<int32_t> blocks;   // block b covers tokens [128b, 128b + 128)
-  std::vector<uint8_t> state;    // KvLayout::state_bytes()
+  int64_t position = 0;         // tokens processed so far
+  std::vector<int32_t> blocks;  // block b covers tokens [128b, 128b + 128)
+  std::vector<uint8_t> state;   // KvLayout::state_bytes(), on backends with host memory
+  DeviceBuffer device_state;    // the same, on other backends (Model::NewSequence decides)
+
+  uint8_t* state_data() {
+    return device_state.get() != nullptr ? device_state.as<uint8_t>() : state.data();
+  }
 };
 
 }  // namespace strata::engine

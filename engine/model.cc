@@ -123,7 +123,17 @@ Model::~Model() = default;
 
 SequenceCache Model::NewSequence() const {
   SequenceCache cache;
-  cache.state.assign(static_cast<size_t>(pool_.layout().state_bytes()), 0);
+  const int64_t bytes = pool_.layout().state_bytes();
+  if (backend_.host_memory()) {
+    cache.state.assign(static_cast<size_t>(bytes), 0);
+  } else {
+    // Backend memory; if that fails the cache has no state slot and Step() says so.
+    absl::StatusOr<DeviceBuffer> state = DeviceBuffer::Allocate(backend_, bytes);
+    if (state.ok()) {
+      cache.device_state = std::move(*state);
+      backend_.Zero(cache.device_state.get(), bytes);
+    }
+  }
   return cache;
 }
 
@@ -197,6 +207,11 @@ absl::Status Model::Step(absl::Span<const StepInput> inputs, std::vector<float>*
                          const LayerObserver& observer) {
   const ModelConfig& c = config();
   const int64_t n = c.hc_mult, d = c.hidden_size;
+  if (!backend_.host_memory() && pool_.host_memory()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the KV pool is in host memory, which the ", backend_.name(),
+                     " backend cannot use: build it with KvPool(layout, blocks, &backend)"));
+  }
   // Validate and plan before touching any cache.
   std::vector<StepSequence> seqs;
   std::vector<int64_t> positions;
@@ -207,6 +222,10 @@ absl::Status Model::Step(absl::Span<const StepInput> inputs, std::vector<float>*
     const int64_t count = static_cast<int64_t>(in.tokens.size());
     if (count == 0)
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has no new tokens"));
+    if (in.cache->state_data() == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("sequence ", s, " has no state slot (the backend was out of memory)"));
+    }
     const int64_t end = in.cache->position + count;
     if (end > c.max_position_embeddings) {
       return absl::OutOfRangeError(absl::StrCat("sequence ", s, " would reach position ", end,
@@ -223,7 +242,7 @@ absl::Status Model::Step(absl::Span<const StepInput> inputs, std::vector<float>*
     blocks_needed += std::max<int64_t>(0, blocks - static_cast<int64_t>(in.cache->blocks.size()));
     table_entries += blocks;
     seqs.push_back(StepSequence{in.cache->position, count, static_cast<int64_t>(positions.size()),
-                                in.cache->state.data(), nullptr});
+                                in.cache->state_data(), nullptr});
     for (int64_t i = 0; i < count; ++i) {
       positions.push_back(in.cache->position + i);
       seq_of_row.push_back(static_cast<int32_t>(s));
@@ -285,20 +304,24 @@ absl::Status Model::Step(absl::Span<const StepInput> inputs, std::vector<float>*
   }
   if (observer) observer(c.num_hidden_layers, s.streams, T);
 
+  // Seal the blocks this step wrote and the state slots: their bytes are now valid records.
+  const KvLayout& kv = pool_.layout();
+  std::vector<KvRecordSeal> seals;
   for (size_t i = 0; i < inputs.size(); ++i) {
     SequenceCache& cache = *inputs[i].cache;
     const int64_t start = cache.position, count = static_cast<int64_t>(inputs[i].tokens.size());
     cache.position += count;
-    // Seal the blocks this step wrote and the state slot: their bytes are now valid records.
     for (int64_t b = start / kBlockTokens; b <= (start + count - 1) / kBlockTokens; ++b) {
       const int64_t filled = std::min<int64_t>(kBlockTokens, cache.position - b * kBlockTokens);
-      SealKvRecord(pool_.block(cache.blocks[static_cast<size_t>(b)]), pool_.layout().block_bytes(),
-                   KvRecordKind::kBlock, pool_.layout().fingerprint(),
-                   static_cast<uint64_t>(filled));
+      seals.push_back(KvRecordSeal{pool_.block(cache.blocks[static_cast<size_t>(b)]),
+                                   kv.block_bytes(), static_cast<uint16_t>(KvRecordKind::kBlock),
+                                   kv.fingerprint(), static_cast<uint64_t>(filled)});
     }
-    SealKvRecord(cache.state.data(), pool_.layout().state_bytes(), KvRecordKind::kState,
-                 pool_.layout().fingerprint(), static_cast<uint64_t>(cache.position));
+    seals.push_back(KvRecordSeal{cache.state_data(), kv.state_bytes(),
+                                 static_cast<uint16_t>(KvRecordKind::kState), kv.fingerprint(),
+                                 static_cast<uint64_t>(cache.position)});
   }
+  backend_.SealRecords(seals);
   if (!logit_rows.empty()) Logits(logit_rows, logits);
   return absl::OkStatus();
 }

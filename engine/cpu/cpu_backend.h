@@ -77,6 +77,9 @@ class CpuBackend final : public Backend {
   void ToHost(void* host_dst, const void* src, int64_t bytes) override;
   void Copy(void* dst, const void* src, int64_t bytes) override;
   absl::StatusOr<const void*> MakeResident(const void* host, int64_t bytes) override;
+  void Zero(void* dst, int64_t bytes) override;
+  bool host_memory() const override { return true; }
+  void SealRecords(absl::Span<const KvRecordSeal> seals) override;
 
   // See Backend::Linear. Shapes are the caller's contract (the checkpoint loader validates them):
   // kFp4Block needs cols % 32 == 0; a violation aborts with a message. x must be finite.

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/vector_ops.h"
+#include "engine/kv_cache.h"
 #include "engine/numerics.h"
 
 namespace strata::engine {
@@ -94,6 +95,17 @@ void CpuBackend::Copy(void* dst, const void* src, int64_t bytes) {
 }
 
 absl::StatusOr<const void*> CpuBackend::MakeResident(const void* host, int64_t) { return host; }
+
+void CpuBackend::Zero(void* dst, int64_t bytes) {
+  if (bytes > 0) std::memset(dst, 0, static_cast<size_t>(bytes));
+}
+
+void CpuBackend::SealRecords(absl::Span<const KvRecordSeal> seals) {
+  ForEachItem(static_cast<int64_t>(seals.size()), int64_t{1} << 16, [&](int, int64_t i) {
+    const KvRecordSeal& s = seals[static_cast<size_t>(i)];
+    SealKvRecord(s.record, s.bytes, static_cast<KvRecordKind>(s.kind), s.fingerprint, s.tokens);
+  });
+}
 
 // ---- Dense ops ----------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "engine/backend.h"
+#include "engine/kv_cache.h"
 #include "engine/numerics.h"
 #include "tests/unit/engine/reference_backend_ops.h"
 
@@ -61,6 +62,15 @@ class ReferenceBackend : public Backend {
   }
   void Copy(void* dst, const void* src, int64_t bytes) override {
     if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
+  }
+  void Zero(void* dst, int64_t bytes) override {
+    if (bytes > 0) std::memset(dst, 0, static_cast<size_t>(bytes));
+  }
+  bool host_memory() const override { return true; }
+  void SealRecords(absl::Span<const KvRecordSeal> seals) override {
+    for (const KvRecordSeal& s : seals) {
+      SealKvRecord(s.record, s.bytes, static_cast<KvRecordKind>(s.kind), s.fingerprint, s.tokens);
+    }
   }
   absl::StatusOr<const void*> MakeResident(const void* host, int64_t /*bytes*/) override {
     return host;
