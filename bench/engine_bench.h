@@ -3,11 +3,17 @@
 // bench/results/engine.tsv.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/model_config.h"
 
 namespace strata::bench {
 
@@ -19,8 +25,18 @@ struct EngineBenchOptions {
   int64_t long_context = 1048576;  // decode at this context on tiny (0: skip)
   int64_t steps = 8;               // decode steps timed per case
   int threads = 0;
-  std::string model_cache;         // where the bench models are made (once)
+  std::string model_cache;  // where the bench models are made (once)
   std::string tokenizer_dir;
+  int64_t layers = 0;            // > 0: only the first N layers of each preset (flash, pro)
+  int64_t max_batch_tokens = 0;  // > 0: skip decode cases with batch × context above it
+  // A variant of each preset (`variant` names it in the model cache and the results): e.g. the
+  // GPU bench's flash-sized attention layers with fewer experts, so its model is quick to make.
+  std::string variant;
+  std::function<void(engine::ModelConfig&)> edit_config;
+  std::string results = "engine";  // bench/results/<results>.tsv
+  // The backend to measure; unset: the CPU backend with `threads` threads. A backend whose memory
+  // is not host memory is compared with its own device bandwidth.
+  std::function<absl::StatusOr<std::unique_ptr<engine::Backend>>()> make_backend;
 };
 
 absl::Status RunEngineBench(const EngineBenchOptions& options);

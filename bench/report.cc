@@ -71,8 +71,10 @@ void Report(const Figure& figure, const std::string& results_file) {
               figure.limit == 0 && !figure.higher_is_better ? "(no target)" : pass ? "PASS" : "BELOW TARGET");
   std::fflush(stdout);
 
-  const std::string path =
-      std::string(STRATA_SOURCE_DIR) + "/bench/results/" + results_file + ".tsv";
+  const std::string path = (results_file.rfind('/', 0) == 0 ? results_file
+                                                            : std::string(STRATA_SOURCE_DIR) + "/bench/results/" +
+                                                                  results_file) +
+                           ".tsv";
   const bool exists = std::ifstream(path).good();
   std::ofstream out(path, std::ios::app);
   if (!out) {

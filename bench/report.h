@@ -19,7 +19,9 @@ struct Figure {
 // ("(no target)" for a lower-is-better figure with limit 0)
 // and appends a tab-separated line to <repo>/bench/results/<results_file>.tsv: UTC date, machine
 // (hostname and CPU model), git commit (short hash, "unknown" outside git), name, value, unit,
-// limit, ratio. A results file that cannot be written is reported on stderr, not fatal.
+// limit, ratio. A results file that cannot be written is reported on stderr, not fatal. An
+// absolute `results_file` ("/out/cuda") names the file itself (".tsv" appended): for runs on
+// machines that have no checkout, whose results are copied back.
 void Report(const Figure& figure, const std::string& results_file);
 
 }  // namespace strata::bench

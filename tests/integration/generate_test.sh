@@ -42,4 +42,13 @@ if err=$("$strata" generate --model "$model" --prompt-ids "1 2 999999" 2>&1); th
 grep -q "999999" <<<"$err" || fail "bad id message: $err"
 if err=$("$strata" generate --model "$model" --prompt "x" --max-tokens 2000000 2>&1); then fail "too long accepted"; fi
 grep -q "exceeds the model's context" <<<"$err" || fail "too-long message: $err"
+# --backend cuda: the same answer where a GPU is, else a clear refusal (no GPU, or no CUDA build).
+if out=$("$strata" generate --model "$model" --prompt-ids "$ids" --max-tokens 6 --backend cuda 2>"$work/cuda.err"); then
+  grep -q "generated 6" "$work/cuda.err" || fail "cuda figures line: $(cat "$work/cuda.err")"
+else
+  grep -Eq "CUDA backend: device 0 not present|backend 'cuda' is not available" "$work/cuda.err" ||
+    fail "--backend cuda without a GPU: $(cat "$work/cuda.err")"
+fi
+if err=$("$strata" generate --model "$model" --prompt "x" --backend tpu 2>&1); then fail "unknown backend accepted"; fi
+grep -q "unknown backend 'tpu'" <<<"$err" || fail "unknown backend message: $err"
 echo "generate_test: all checks passed"

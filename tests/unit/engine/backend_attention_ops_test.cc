@@ -59,7 +59,7 @@ TEST(BackendRopeTest, RopeIsBitExact) {
       for (int64_t rows : kRows) {
         const std::vector<float> x = rng.Bf16Normals(rows * stride);
         const std::vector<int64_t> positions = Positions(rows, rng);
-        ForEachCpuBackend(
+        ForEachOptimizedBackend(
             [&](Backend& b) {
               Buffer xb = Buffer::Of(b, x), pb = Buffer::Of(b, positions);
               b.Rope(xb.as<float>(), rows, stride, rope.Table(b), pb.as<int64_t>());
@@ -96,7 +96,7 @@ TEST(BackendRopeTest, QueryHeadsMatchReference) {
         for (int64_t i = 0; i < s.dim; ++i) q[h * s.dim + i] *= scale;
       }
       const std::vector<int64_t> positions = Positions(rows, rng);
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             Buffer qb = Buffer::Of(b, q), pb = Buffer::Of(b, positions);
             b.QueryHeads(qb.as<float>(), rows, s.heads, s.dim, 1e-6f, rope.Table(b),
@@ -139,7 +139,7 @@ TEST(BackendRopeTest, IndexerQueriesAreExact) {
     for (int64_t rows : kRows) {
       const std::vector<float> q = rng.Normals(rows * s.heads * s.dim, 0.5f);
       const std::vector<int64_t> positions = Positions(rows, rng);
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             Buffer qb = Buffer::Of(b, q), pb = Buffer::Of(b, positions);
             b.IndexerQueries(qb.as<float>(), rows, s.heads, s.dim, rope.Table(b), pb.as<int64_t>());
@@ -189,7 +189,7 @@ TEST(BackendKvTest, EncodeMainEntriesIsBitExact) {
             break;
         }
       }
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             Buffer vb = Buffer::Of(b, v), out(b, rows * f.main_bytes);
             b.EncodeMainEntries(vb.as<float>(), rows, f, out.as<uint8_t>());
@@ -213,7 +213,7 @@ TEST(BackendKvTest, AddApeIsBitExact) {
       for (int64_t rows : kRows) {
         const std::vector<float> z = rng.Normals(rows * width);
         const std::vector<int64_t> positions = Positions(rows, rng);
-        ForEachCpuBackend(
+        ForEachOptimizedBackend(
             [&](Backend& b) {
               Buffer zb = Buffer::Of(b, z), pb = Buffer::Of(b, positions);
               b.AddApe(zb.as<float>(), rows, width, Resident(b, ape), ratio, pb.as<int64_t>());
@@ -357,7 +357,7 @@ void RunCompress(const CompressCase& c, const std::vector<SeqSpec>& seqs, uint32
   const std::string what =
       absl::StrCat("Compress ratio=", c.ratio, c.indexer ? " indexer" : " main",
                    " dim=", c.head_dim, " ", Describe(seqs));
-  ForEachCpuBackend(
+  ForEachOptimizedBackend(
       [&](Backend& b) {
         DeviceStep step(b, h, l);
         Buffer ab = Buffer::Of(b, a), zb = Buffer::Of(b, z);
@@ -465,7 +465,7 @@ void RunIndexerTopK(int64_t topk, const std::vector<SeqSpec>& seqs, uint32_t see
     ref.ScaleBf16(w.data(), h.rows * heads, (1.0f / std::sqrt(128.0f)) * (1.0f / std::sqrt(8.0f)));
   }
   const std::string what = absl::StrCat("IndexerTopK topk=", topk, " ", Describe(seqs));
-  ForEachCpuBackend(
+  ForEachOptimizedBackend(
       [&](Backend& b) {
         DeviceStep step(b, h, l);
         Buffer qb = Buffer::Of(b, q), wb = Buffer::Of(b, w);
@@ -538,7 +538,7 @@ void RunAttention(const AttentionCase& c, const std::vector<SeqSpec>& seqs, uint
   }
   const std::string what =
       absl::StrCat("Attention ratio=", c.ratio, " ", c.heads, "x", c.head_dim, " ", Describe(seqs));
-  ForEachCpuBackend(
+  ForEachOptimizedBackend(
       [&](Backend& b) {
         DeviceStep step(b, h, l);
         Buffer qb = Buffer::Of(b, q), kvb = Buffer::Of(b, kv), cb = Buffer::Of(b, chosen),
@@ -592,7 +592,7 @@ TEST(BackendKvTest, StoreWindowWritesTheRing) {
       const HostStep h = MakeHostStep(l, seqs, Past::kBeforeStep, rng);
       const std::vector<uint8_t> entries = rng.Bytes(h.rows * l.f.main_bytes);
       const std::string what = absl::StrCat("StoreWindow dim=", head_dim, " ", Describe(seqs));
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             DeviceStep step(b, h, l);
             Buffer eb = Buffer::Of(b, entries);

@@ -57,7 +57,7 @@ TEST(BackendMoeTest, RouteExpertsMatchesReference) {
       std::vector<int32_t> tokens;
       for (int64_t t = 0; t < rows; ++t)
         tokens.push_back(static_cast<int32_t>(rng.Int(0, vocab - 1)));
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             RouterParams p{c.experts, c.k, c.hash ? nullptr : Resident(b, bias),
                            c.hash ? Resident(b, table) : nullptr, 1.5f};
@@ -90,7 +90,7 @@ TEST(BackendMoeTest, SwiGluIsBitExact) {
       std::vector<float> weights = rng.Normals(rows, 0.5f);
       for (float& w : weights) w = std::fabs(w) + 0.1f;
       for (bool weighted : {false, true}) {
-        ForEachCpuBackend(
+        ForEachOptimizedBackend(
             [&](Backend& b) {
               Buffer ub = Buffer::Of(b, u), vb = Buffer::Of(b, v), wb = Buffer::Of(b, weights);
               Buffer h(b, rows * inter * 4);
@@ -194,7 +194,7 @@ TEST(BackendMoeTest, RoutedExpertsMatchReference) {
           }
         }
       }
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             const std::vector<ExpertWeights> views = set.Views(b);
             Buffer xb = Buffer::Of(b, x), idb = Buffer::Of(b, ids), wb = Buffer::Of(b, weights);

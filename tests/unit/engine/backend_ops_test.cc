@@ -77,7 +77,7 @@ TEST(BackendDenseTest, LinearMatchesReference) {
       const std::vector<float> x = rng.Bf16Normals(n * c.cols);
       std::vector<float> scale(static_cast<size_t>(n * c.rows));
       ReferenceBackend().Linear(w.abs_view, Abs(x).data(), n, scale.data());
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             Buffer xb = Buffer::Of(b, x), y(b, n * c.rows * 4);
             b.Linear(ResidentView(b, w), xb.as<float>(), n, y.as<float>());
@@ -107,7 +107,7 @@ TEST(BackendDenseTest, GroupedLinearMatchesReference) {
       const std::vector<float> x = rng.Bf16Normals(n * c.groups * c.cols_g);
       std::vector<float> scale(static_cast<size_t>(n * c.groups * c.rows_g));
       ReferenceBackend().GroupedLinear(w.abs_view, c.groups, Abs(x).data(), n, scale.data());
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             Buffer xb = Buffer::Of(b, x), y(b, n * c.groups * c.rows_g * 4);
             b.GroupedLinear(ResidentView(b, w), c.groups, xb.as<float>(), n, y.as<float>());
@@ -131,7 +131,7 @@ TEST(BackendDenseTest, EmbedCopiesRowsBitForBit) {
     for (int64_t t = 0; t < n; ++t) ids.push_back(static_cast<int32_t>(rng.Int(0, vocab - 1)));
     ids[0] = static_cast<int32_t>(vocab - 1);
     for (int64_t copies : {1, 4}) {
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             Buffer idb = Buffer::Of(b, ids), out(b, n * copies * d * 4);
             b.Embed(Resident(b, table), d, idb.as<int32_t>(), n, copies, out.as<float>());
@@ -180,7 +180,7 @@ TEST(BackendDenseTest, RoundScaleAndAddAreBitExact) {
   Random rng(5);
   for (int64_t n : {int64_t{1}, int64_t{3}, int64_t{17}, int64_t{130 * 256 + 5}}) {
     const std::vector<float> a = RoundingInputs(rng, n), c = RoundingInputs(rng, n);
-    ForEachCpuBackend(
+    ForEachOptimizedBackend(
         [&](Backend& b) {
           Buffer x = Buffer::Of(b, a);
           b.RoundBf16(x.as<float>(), n);
@@ -191,7 +191,7 @@ TEST(BackendDenseTest, RoundScaleAndAddAreBitExact) {
         });
     // The indexer's weight factor ic^-1/2 · IH^-1/2, and an arbitrary one.
     for (float factor : {(1.0f / std::sqrt(128.0f)) * (1.0f / std::sqrt(8.0f)), 0.37f}) {
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             Buffer x = Buffer::Of(b, a);
             b.ScaleBf16(x.as<float>(), n, factor);
@@ -203,7 +203,7 @@ TEST(BackendDenseTest, RoundScaleAndAddAreBitExact) {
     }
     // out separate, out aliasing a, out aliasing b.
     for (int alias = 0; alias < 3; ++alias) {
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             Buffer x = Buffer::Of(b, a), y = Buffer::Of(b, c), out(b, n * 4);
             float* dst = alias == 0 ? out.as<float>() : alias == 1 ? x.as<float>() : y.as<float>();
@@ -225,7 +225,7 @@ TEST(BackendDenseTest, GatherRowsCopiesBitForBit) {
     std::vector<int32_t> idx;
     for (int64_t i = 0; i < n; ++i) idx.push_back(static_cast<int32_t>(rng.Int(0, src_rows - 1)));
     idx[0] = src_rows - 1;
-    ForEachCpuBackend(
+    ForEachOptimizedBackend(
         [&](Backend& b) {
           Buffer s = Buffer::Of(b, src), ib = Buffer::Of(b, idx), dst(b, n * width * 4);
           b.GatherRows(s.as<float>(), width, ib.as<int32_t>(), n, dst.as<float>());
@@ -251,7 +251,7 @@ TEST(BackendDenseTest, RmsNormMatchesReference) {
     for (int64_t rows : kRows) {
       const std::vector<float> x = rng.Normals(rows * dim, 3.0f);
       for (bool in_place : {false, true}) {
-        ForEachCpuBackend(
+        ForEachOptimizedBackend(
             [&](Backend& b) {
               Buffer xb = Buffer::Of(b, x), out(b, rows * dim * 4);
               float* dst = in_place ? xb.as<float>() : out.as<float>();
@@ -326,7 +326,7 @@ TEST(BackendMhcTest, HcPreMatchesReference) {
       struct Out {
         std::vector<float> mix, x;
       };
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             Buffer s = Buffer::Of(b, streams), mix(b, rows * hc.params.mix * 4), x(b, rows * d * 4);
             b.HcPre(ResidentHc(b, hc), s.as<float>(), rows, mix.as<float>(), x.as<float>());
@@ -375,7 +375,7 @@ TEST(BackendMhcTest, HcPostMatchesReference) {
           }
         }
       }
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             Buffer m = Buffer::Of(b, mix), yb = Buffer::Of(b, y), s = Buffer::Of(b, old);
             b.HcPost(ResidentHc(b, hc), m.as<float>(), yb.as<float>(), rows, s.as<float>());
@@ -400,7 +400,7 @@ TEST(BackendMhcTest, HcHeadMatchesReference) {
     for (int64_t rows : kRows) {
       const std::vector<float> streams = rng.Bf16Normals(rows * 4 * d);
       const std::vector<float> magnitude = StreamMagnitudes(streams, rows, 4, d);
-      ForEachCpuBackend(
+      ForEachOptimizedBackend(
           [&](Backend& b) {
             Buffer s = Buffer::Of(b, streams), out(b, rows * d * 4);
             b.HcHead(ResidentHc(b, hc), s.as<float>(), rows, out.as<float>());

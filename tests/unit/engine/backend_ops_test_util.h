@@ -23,6 +23,9 @@
 #include "engine/cpu/cpu_backend.h"
 #include "engine/model_config.h"
 #include "engine/model_ops.h"
+#if STRATA_WITH_CUDA
+#include "engine/cuda/cuda_backend.h"
+#endif
 #include "engine/numerics.h"
 #include "gtest/gtest.h"
 #include "tests/unit/engine/reference_backend.h"
@@ -37,8 +40,9 @@ struct NamedBackend {
 };
 
 // One CpuBackend per instruction set this build and CPU run, two threads each (so the ops' own
-// work splitting is exercised).
-inline std::vector<NamedBackend> CpuBackends() {
+// work splitting is exercised), and, in a CUDA build on a machine with a GPU, the CUDA backend
+// (tests/unit/engine/cuda_model_test.cc says "skipped" where there is none).
+inline std::vector<NamedBackend> OptimizedBackends() {
   std::vector<NamedBackend> out;
   for (CpuIsa isa : {CpuIsa::kGeneric, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16}) {
     if (!CpuIsaSupported(isa)) continue;
@@ -48,12 +52,19 @@ inline std::vector<NamedBackend> CpuBackends() {
     out.push_back({absl::StrCat("cpu/", CpuIsaName(isa)), std::move(*backend)});
   }
   EXPECT_FALSE(out.empty());
+#if STRATA_WITH_CUDA
+  if (CudaDeviceCount() > 0) {
+    auto cuda = MakeCudaBackend({.device = 0});
+    EXPECT_TRUE(cuda.ok()) << cuda.status();
+    if (cuda.ok()) out.push_back({"cuda", std::move(*cuda)});
+  }
+#endif
   return out;
 }
 
-// The reference and every CPU backend, for properties every backend must have.
+// The reference and every optimized backend, for properties every backend must have.
 inline std::vector<NamedBackend> AllBackends() {
-  std::vector<NamedBackend> backends = CpuBackends();
+  std::vector<NamedBackend> backends = OptimizedBackends();
   backends.insert(backends.begin(), {"reference", std::make_unique<testing::ReferenceBackend>()});
   return backends;
 }
@@ -61,13 +72,13 @@ inline std::vector<NamedBackend> AllBackends() {
 // Row counts of the dense ops' tests: decode-sized, odd, and a prefill chunk past 128.
 inline constexpr int64_t kRows[] = {1, 3, 17, 130};
 
-// Runs `run(backend)` on the reference and on every CPU backend and hands each CPU result to
+// Runs `run(backend)` on the reference and on every optimized backend and hands each result to
 // `compare(want, got)` with the backend's name in scope.
 template <typename Run, typename Compare>
-void ForEachCpuBackend(Run run, Compare compare) {
+void ForEachOptimizedBackend(Run run, Compare compare) {
   testing::ReferenceBackend reference;
   const auto want = run(static_cast<Backend&>(reference));
-  for (NamedBackend& b : CpuBackends()) {
+  for (NamedBackend& b : OptimizedBackends()) {
     SCOPED_TRACE(b.label);
     const auto got = run(*b.backend);
     compare(want, got);
