@@ -3,8 +3,8 @@
 // Each kernel computes what engine/backend.h states, mirroring CpuBackend (cpu/cpu_attention.cc).
 //
 // Numerics. Every value the contract rounds (BF16, FP8, FP4) is produced by the same FP32
-// operations as on the host, so results differ only where the math library does (CUDA's expf,
-// cosf, sinf are within 2 ulp; glibc's are nearly correctly rounded). To make that hold whatever
+// operations as on the host, so results differ only where the math library might (exp, cos and
+// sin are taken in FP64 and rounded once, cuda_common.cuh). To make that hold whatever
 // nvcc's --fmad / --prec-div / --prec-sqrt settings, the element-wise formulas the host computes
 // unfused (RoPE, the compressor's pooling, RMSNorm's scaling, the Hadamard butterfly, softmax)
 // use the IEEE _rn intrinsics (exact, never contracted), while the sums the host computes in its
@@ -78,11 +78,12 @@ __device__ __forceinline__ int64_t PageEntryOffset(const int32_t* blocks, int64_
 }
 
 // Rotates the pair x[0], x[1] by `angle` with BF16 results — the host's RopeAngles::Apply, whose
-// products and sums are separately rounded (no FMA in its baseline build). Not inlined: cosf and
-// sinf of large angles (positions past ~10^5) take a slow path whose call made ptxas spill the
+// products and sums are separately rounded (no FMA in its baseline build). Not inlined: cos and
+// sin of large angles (positions past ~10^5) take a slow path whose call made ptxas spill the
 // caller's registers; out of line, the kernels keep theirs (it runs once per pair per block).
 __device__ __noinline__ void RotatePair(float* x, float angle) {
-  const float c = cosf(angle), s = sinf(angle);
+  float c, s;
+  CosSinF(angle, &c, &s);
   const float x0 = x[0], x1 = x[1];
   x[0] = RoundBf16(__fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)));
   x[1] = RoundBf16(__fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c)));
@@ -137,11 +138,11 @@ __global__ void __launch_bounds__(kCompressThreads)
     float mx = -INFINITY;
     for (int i = 0; i < count; ++i) mx = fmaxf(mx, z_rows[i][ch]);
     float sum = 0.0f;
-    for (int i = 0; i < count; ++i) sum = __fadd_rn(sum, expf(__fsub_rn(z_rows[i][ch], mx)));
+    for (int i = 0; i < count; ++i) sum = __fadd_rn(sum, ExpF(__fsub_rn(z_rows[i][ch], mx)));
     // e_i is recomputed rather than stored: expf is deterministic, so it is the same value.
     float acc = 0.0f;
     for (int i = 0; i < count; ++i) {
-      const float e = expf(__fsub_rn(z_rows[i][ch], mx));
+      const float e = ExpF(__fsub_rn(z_rows[i][ch], mx));
       acc = __fadd_rn(acc, __fmul_rn(__fdiv_rn(e, sum), a_rows[i][ch]));
     }
     x[ch] = RoundBf16(acc);
@@ -536,11 +537,11 @@ __global__ void __launch_bounds__(kAttnThreads)
     float mx = -INFINITY;
     for (int j = lane; j < r.n; j += 32) mx = fmaxf(mx, lg[j]);
     mx = fmaxf(WarpMax(mx), sink);
-    for (int j = lane; j < r.n; j += 32) lg[j] = expf(__fsub_rn(lg[j], mx));
+    for (int j = lane; j < r.n; j += 32) lg[j] = ExpF(__fsub_rn(lg[j], mx));
     __syncwarp();
     float denom = 0.0f;
     if (lane == 0) {
-      denom = expf(__fsub_rn(sink, mx));
+      denom = ExpF(__fsub_rn(sink, mx));
       for (int j = 0; j < r.n; ++j) denom = __fadd_rn(denom, lg[j]);
     }
     denom = __shfl_sync(0xFFFFFFFFu, denom, 0);

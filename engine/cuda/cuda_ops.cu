@@ -42,9 +42,6 @@ unsigned ElementwiseBlocks(int64_t n) {
 
 // ---- scalar helpers -----------------------------------------------------------------------------
 
-__device__ __forceinline__ float ExpF(float x) {
-  return static_cast<float>(exp(static_cast<double>(x)));
-}
 __device__ __forceinline__ float Log1pF(float x) {
   return static_cast<float>(log1p(static_cast<double>(x)));
 }
