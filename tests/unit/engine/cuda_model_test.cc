@@ -44,6 +44,33 @@ std::unique_ptr<Backend> CudaOrSkipReason(std::string* reason) {
 #endif
 }
 
+// tiny with a small vocabulary and 4 experts: every layer kind, quick to make.
+ModelConfig MicroConfig() {
+  ModelConfig c = *PresetConfig("tiny");
+  c.vocab_size = 512;
+  c.n_routed_experts = 4;
+  return c;
+}
+
+// Writes a random checkpoint of `config` into a new temporary folder and loads it.
+void WriteMicroModel(const ModelConfig& config, uint64_t seed, std::string* dir,
+                     std::unique_ptr<Checkpoint>* ckpt) {
+  *dir = ::testing::TempDir() + "strata_cuda_model_XXXXXX";
+  ASSERT_NE(::mkdtemp(dir->data()), nullptr);
+  fs::create_directories(*dir + "/tok");
+  ASSERT_TRUE(WriteFileAtomically(*dir + "/tok/tokenizer.json", "{}").ok());
+  ASSERT_TRUE(WriteFileAtomically(*dir + "/tok/tokenizer_config.json", "{}").ok());
+  ASSERT_TRUE(WriteRandomModel(config, {.out_dir = *dir + "/m",
+                                        .seed = seed,
+                                        .tokenizer_dir = *dir + "/tok",
+                                        .threads = 2,
+                                        .progress = false})
+                  .ok());
+  auto loaded = Checkpoint::Load(*dir + "/m", {.threads = 2, .progress = false});
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  *ckpt = std::move(*loaded);
+}
+
 // ‖a − b‖ / ‖b‖ over the rows of one layer's streams.
 double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
@@ -59,26 +86,14 @@ TEST(CudaModelTest, EveryLayerMatchesTheCpuBackendTeacherForced) {
   std::unique_ptr<Backend> cuda = CudaOrSkipReason(&reason);
   if (cuda == nullptr) GTEST_SKIP() << reason;
 
-  std::string dir = ::testing::TempDir() + "strata_cuda_model_XXXXXX";
-  ASSERT_NE(::mkdtemp(dir.data()), nullptr);
-  fs::create_directories(dir + "/tok");
-  ASSERT_TRUE(WriteFileAtomically(dir + "/tok/tokenizer.json", "{}").ok());
-  ASSERT_TRUE(WriteFileAtomically(dir + "/tok/tokenizer_config.json", "{}").ok());
-  ModelConfig config = *PresetConfig("tiny");
-  config.vocab_size = 512;
-  config.n_routed_experts = 4;
-  ASSERT_TRUE(WriteRandomModel(config, {.out_dir = dir + "/m",
-                                        .seed = 11,
-                                        .tokenizer_dir = dir + "/tok",
-                                        .threads = 2,
-                                        .progress = false})
-                  .ok());
-  auto ckpt = Checkpoint::Load(dir + "/m", {.threads = 2, .progress = false});
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  const ModelConfig config = MicroConfig();
+  std::string dir;
+  std::unique_ptr<Checkpoint> ckpt;
+  ASSERT_NO_FATAL_FAILURE(WriteMicroModel(config, 11, &dir, &ckpt));
 
   std::unique_ptr<Backend> cpu = MakeCpuBackend(2);
-  auto cpu_weights = ModelWeights::Create(**ckpt, *cpu);
-  auto cuda_weights = ModelWeights::Create(**ckpt, *cuda);
+  auto cpu_weights = ModelWeights::Create(*ckpt, *cpu);
+  auto cuda_weights = ModelWeights::Create(*ckpt, *cuda);
   ASSERT_TRUE(cpu_weights.ok() && cuda_weights.ok());
   const KvLayout layout(config);
   KvPool cpu_pool(layout, 16), cuda_pool(layout, 16, cuda.get());
@@ -152,23 +167,11 @@ TEST(CudaModelTest, BlocksAreRecordsInTheCpuLayout) {
   std::string reason;
   std::unique_ptr<Backend> cuda = CudaOrSkipReason(&reason);
   if (cuda == nullptr) GTEST_SKIP() << reason;
-  ModelConfig config = *PresetConfig("tiny");
-  config.vocab_size = 512;
-  config.n_routed_experts = 4;
-  std::string dir = ::testing::TempDir() + "strata_cuda_blocks_XXXXXX";
-  ASSERT_NE(::mkdtemp(dir.data()), nullptr);
-  fs::create_directories(dir + "/tok");
-  ASSERT_TRUE(WriteFileAtomically(dir + "/tok/tokenizer.json", "{}").ok());
-  ASSERT_TRUE(WriteFileAtomically(dir + "/tok/tokenizer_config.json", "{}").ok());
-  ASSERT_TRUE(WriteRandomModel(config, {.out_dir = dir + "/m",
-                                        .seed = 5,
-                                        .tokenizer_dir = dir + "/tok",
-                                        .threads = 2,
-                                        .progress = false})
-                  .ok());
-  auto ckpt = Checkpoint::Load(dir + "/m", {.threads = 2, .progress = false});
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  auto weights = ModelWeights::Create(**ckpt, *cuda);
+  const ModelConfig config = MicroConfig();
+  std::string dir;
+  std::unique_ptr<Checkpoint> ckpt;
+  ASSERT_NO_FATAL_FAILURE(WriteMicroModel(config, 5, &dir, &ckpt));
+  auto weights = ModelWeights::Create(*ckpt, *cuda);
   ASSERT_TRUE(weights.ok()) << weights.status();
   const KvLayout layout(config);
   KvPool pool(layout, 8, cuda.get());
