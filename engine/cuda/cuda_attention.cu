@@ -35,7 +35,10 @@ namespace {
 
 constexpr int64_t kBlockTokens = 128;  // positions per KV block (engine/kv_layout.h)
 constexpr int64_t kMaxGridY = 65535;
-constexpr int kDefaultSmem = 48 << 10;  // dynamic shared memory without the opt-in
+constexpr int kDefaultSmem = 48 << 10;  // static + dynamic shared memory without the opt-in
+// Room for the kernels' static shared memory (CompressKernel's is the largest, ~2.1 KiB): the 48
+// KiB default and the opt-in maximum bound static + dynamic, not the dynamic bytes alone.
+constexpr int kStaticSmemMargin = 4 << 10;
 
 // A launcher given arguments it cannot honour is a bug in its caller: say so, then stop.
 void Require(bool ok, const char* what) {
@@ -58,11 +61,12 @@ int MaxSharedBytes() {
   static const int bytes = DeviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   return bytes;
 }
-// Kernels that need more than the default 48 KiB of dynamic shared memory must opt in.
+// Kernels whose static + dynamic shared memory may exceed the default 48 KiB must opt in.
 template <typename Kernel>
 void AllowSharedBytes(Kernel kernel, int64_t bytes) {
-  Require(bytes <= MaxSharedBytes(), "kernel needs more shared memory than the device has");
-  if (bytes > kDefaultSmem) {
+  Require(bytes + kStaticSmemMargin <= MaxSharedBytes(),
+          "kernel needs more shared memory than the device has");
+  if (bytes + kStaticSmemMargin > kDefaultSmem) {
     CheckCuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    static_cast<int>(bytes)),
               "cudaFuncSetAttribute");
@@ -699,8 +703,9 @@ void LaunchAttention(const Seq* seqs, const int32_t* seq_of_row, const int64_t* 
   // Heads per block: more share each staged key (less decoding), fewer keep every SM busy; the
   // result is the same either way (each head's sums do not depend on the group).
   int group = kAttnMaxGroup;
-  while (group > 1 && (p.heads % group != 0 || group * hd > kAttnMaxOut * kAttnThreads ||
-                       smem(group) > max_smem || rows * p.heads / group < 2 * sms)) {
+  while (group > 1 &&
+         (p.heads % group != 0 || group * hd > kAttnMaxOut * kAttnThreads ||
+          smem(group) + kStaticSmemMargin > max_smem || rows * p.heads / group < 2 * sms)) {
     group /= 2;
   }
   Require(p.heads / group <= kMaxGridY, "Attention: too many heads");

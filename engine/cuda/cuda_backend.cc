@@ -146,8 +146,15 @@ class CudaBackend final : public Backend {
   absl::StatusOr<const void*> MakeResident(const void* host, int64_t bytes) override {
     absl::StatusOr<void*> p = Allocate(bytes);
     if (!p.ok()) return p.status();
-    Check(cudaMemcpy(*p, host, static_cast<size_t>(bytes), cudaMemcpyHostToDevice),
-          "upload weights");
+    // On stream_, not with cudaMemcpy: that one runs on the legacy default stream, which the
+    // non-blocking stream_ does not wait for, and from pageable memory it returns before its DMA
+    // has landed — a kernel enqueued next could read the weights half-copied. The synchronisation
+    // lets the caller free `host` at once even if it is pinned.
+    if (bytes > 0) {
+      Check(cudaMemcpyAsync(*p, host, static_cast<size_t>(bytes), cudaMemcpyHostToDevice, stream_),
+            "upload weights");
+      Check(cudaStreamSynchronize(stream_), "synchronise");
+    }
     resident_.push_back(*p);
     return static_cast<const void*>(*p);
   }
@@ -386,7 +393,7 @@ absl::Status CudaBackend::RoutedExperts(absl::Span<const ExpertWeights> experts,
                                         int64_t k, float limit, float* out) {
   if (rows <= 0) return absl::OkStatus();
   const int64_t num_experts = static_cast<int64_t>(experts.size());
-  const int64_t d = experts[0].w2.rows, inter = experts[0].w1.rows, pairs = rows * k;
+  const int64_t pairs = rows * k;
   // The routing comes to the host (rows·k ids and weights) to plan the experts' batches: pair
   // (t, j) gets a slot; each expert's slots are contiguous, in row order.
   std::vector<int32_t> host_ids(static_cast<size_t>(pairs));
@@ -401,6 +408,8 @@ absl::Status CudaBackend::RoutedExperts(absl::Span<const ExpertWeights> experts,
     }
     ++per_expert[static_cast<size_t>(e) + 1];
   }
+  if (num_experts == 0) return absl::OkStatus();  // then k = 0: nothing routed, nothing to size
+  const int64_t d = experts[0].w2.rows, inter = experts[0].w1.rows;
   for (int64_t e = 0; e < num_experts; ++e)
     per_expert[static_cast<size_t>(e) + 1] += per_expert[static_cast<size_t>(e)];
   std::vector<int64_t> next(per_expert.begin(), per_expert.end() - 1);
