@@ -67,6 +67,11 @@ void Hadamard(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = RoundToBf16(x[i] * scale);
 }
 
+// A main entry's values (MainEntryCodec::Decode, vectorised).
+inline void DecodeMain(const uint8_t* in, float* v, const MainEntryCodec& codec) {
+  cpu::DecodeMainEntry(in, codec.nope, codec.rope, v);
+}
+
 const uint8_t* BlockEntry(const KvPoolView& pool, const StepSequence& s, int64_t entry,
                           int64_t per_block, int64_t offset, int64_t bytes) {
   return pool.base + static_cast<int64_t>(s.blocks[entry / per_block]) * pool.block_bytes + offset +
@@ -296,20 +301,24 @@ void CpuBackend::AttendSequence(const StepSequence& s, const AttentionParams& p,
   // Shared by the sequence's rows: the window entries before the step (from the ring) and, for
   // HCA, every entry visible to its last row.
   const int64_t ring_first = std::max<int64_t>(0, s.start - w + 1);
-  std::vector<float> ring(static_cast<size_t>((s.start - ring_first) * hd));
+  // Backend members reused across calls: no allocation or zeroing per layer and step. The
+  // lambdas below run on worker threads too, so they use these pointers, not the vectors.
+  attention_ring_.resize(static_cast<size_t>(std::max<int64_t>(s.start - ring_first, 1) * hd));
+  float* const ring = attention_ring_.data();
   for (int64_t u = ring_first; u < s.start; ++u) {
-    codec.Decode(s.state + p.window_offset + (u % w) * codec.bytes,
-                 ring.data() + (u - ring_first) * hd);
+    DecodeMain(s.state + p.window_offset + (u % w) * codec.bytes,
+               ring + (u - ring_first) * hd, codec);
   }
-  std::vector<float> hca;
+  float* hca = nullptr;
   if (m == 128) {
     const int64_t visible = (s.start + s.n) / m;
-    hca.resize(static_cast<size_t>(visible * hd));
+    attention_hca_.resize(static_cast<size_t>(std::max<int64_t>(visible, 1) * hd));
+    hca = attention_hca_.data();
     constexpr int64_t kSlice = 64;
     ForEachItem((visible + kSlice - 1) / kSlice, kSlice * hd * 4, [&](int, int64_t slice) {
       for (int64_t j = slice * kSlice; j < std::min(visible, (slice + 1) * kSlice); ++j) {
-        codec.Decode(BlockEntry(pool, s, j, kBlockTokens / m, p.entry_offset, codec.bytes),
-                     hca.data() + j * hd);
+        DecodeMain(BlockEntry(pool, s, j, kBlockTokens / m, p.entry_offset, codec.bytes),
+                   hca + j * hd, codec);
       }
     });
   }
@@ -325,19 +334,19 @@ void CpuBackend::AttendSequence(const StepSequence& s, const AttentionParams& p,
     cand.clear();
     for (int64_t u = std::max<int64_t>(0, pos - w + 1); u <= pos; ++u) {
       cand.push_back(u >= s.start ? kv + (s.row + u - s.start) * hd
-                                  : ring.data() + (u - ring_first) * hd);
+                                  : ring + (u - ring_first) * hd);
     }
     if (m == 4) {
       const int64_t n = count[row];
       decoded.resize(static_cast<size_t>(n * hd));
       for (int64_t c = 0; c < n; ++c) {
         const int32_t j = chosen[row * p.topk + c];
-        codec.Decode(BlockEntry(pool, s, j, kBlockTokens / m, p.entry_offset, codec.bytes),
-                     decoded.data() + c * hd);
+        DecodeMain(BlockEntry(pool, s, j, kBlockTokens / m, p.entry_offset, codec.bytes),
+                   decoded.data() + c * hd, codec);
         cand.push_back(decoded.data() + c * hd);
       }
     } else if (m == 128) {
-      for (int64_t j = 0; j < (pos + 1) / m; ++j) cand.push_back(hca.data() + j * hd);
+      for (int64_t j = 0; j < (pos + 1) / m; ++j) cand.push_back(hca + j * hd);
     }
     const int64_t n = static_cast<int64_t>(cand.size());
     logits.resize(static_cast<size_t>(n));

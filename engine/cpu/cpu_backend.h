@@ -169,6 +169,7 @@ class CpuBackend final : public Backend {
   std::vector<std::unique_ptr<Scratch>> scratch_;
   std::unique_ptr<Buffers> buffers_;
   std::vector<float> op_scratch_;  // ops' step-sized temporaries (mHC μ, expert activations)
+  std::vector<float> attention_ring_, attention_hca_;  // a sequence's decoded window / HCA entries
 };
 
 template <typename Fn>

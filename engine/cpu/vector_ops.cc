@@ -26,7 +26,48 @@ inline float RoundOne(float f) {
   return out;
 }
 
+// The E4M3 value of `b` (engine/numerics.h E4M3ToFloat) from its bits: normal numbers by
+// placing the fields, subnormals as m·2^-9, 0x7F/0xFF as NaN; no table, so loops vectorise.
+inline float E4M3Value(uint8_t b) {
+  const uint32_t sign = static_cast<uint32_t>(b & 0x80) << 24;
+  const uint32_t e = (b >> 3) & 0xFu, m = b & 7u;
+  const uint32_t normal = sign | ((e + 120) << 23) | (m << 20);
+  const float sub_value = static_cast<float>(m) * 0x1p-9f;
+  uint32_t sub;
+  std::memcpy(&sub, &sub_value, sizeof(sub));
+  sub |= sign;
+  const uint32_t nan = sign | 0x7FC00000u;
+  const uint32_t bits = e == 0 ? sub : (e == 15 && m == 7 ? nan : normal);
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+inline float Ue8m0Value(uint8_t e) {
+  if (e == 0xFF) return __builtin_nanf("");
+  if (e == 0) return 0x1p-127f;
+  const uint32_t bits = static_cast<uint32_t>(e) << 23;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
 }  // namespace
+
+STRATA_CLONES void DecodeMainEntry(const uint8_t* in, int64_t nope, int64_t rope, float* v) {
+  const uint8_t* scales = in + nope;
+  for (int64_t b = 0; b < nope / 64; ++b) {
+    const float s = Ue8m0Value(scales[b]);
+    const uint8_t* codes = in + b * 64;
+    float* out = v + b * 64;
+    for (int i = 0; i < 64; ++i) out[i] = E4M3Value(codes[i]) * s;
+  }
+  const uint8_t* rope_in = scales + nope / 64;
+  for (int64_t i = 0; i < rope; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(rope_in[2 * i] | (rope_in[2 * i + 1] << 8)) << 16;
+    std::memcpy(v + nope + i, &bits, sizeof(float));
+  }
+}
 
 STRATA_CLONES float Dot(const float* a, const float* b, int64_t n) {
   float acc[16] = {};
