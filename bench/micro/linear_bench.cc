@@ -10,6 +10,9 @@
 // Prefill (n = 512) is limited by arithmetic: GFLOP/s (2·n·rows·cols per call), held to half of
 // the measured peak of the instructions the kernels use on the same threads (FP32 FMA, or
 // vdpbf16ps with the avx512bf16 kernels). Activations are BF16 values, as the model's are.
+// The routed_experts cases run CpuBackend::RoutedExperts at decode (n = 1, 8 tokens, 6 of 64 FP4
+// experts each, the small preset's shapes): GB/s of the chosen experts' weight bytes, held to
+// half the read bandwidth like the linears; 8 copies of the 64 experts keep them out of cache.
 // Every case runs the backend as the model does (batch_invariant: one summation order for any
 // number of rows); the *_strip prefill cases show batch_invariant off (the strip form).
 #include <algorithm>
@@ -287,6 +290,70 @@ void RunCase(benchmark::State& state, const Case& c) {
       calls * 2.0 * static_cast<double>(c.n * c.rows * c.cols) / 1e9, benchmark::Counter::kIsRate);
 }
 
+// ---- routed experts at decode ------------------------------------------------------------------
+
+struct ExpertsCase {
+  std::string name;
+  int64_t experts, k, d, inter, n;
+};
+
+int64_t Fp4Bytes(int64_t rows, int64_t cols) { return rows * cols / 2 + rows * (cols / 32); }
+
+// Bytes of expert weights each call reads, for the cases' figures.
+std::map<std::string, double>& ExpertBytes() {
+  static auto* bytes = new std::map<std::string, double>();
+  return *bytes;
+}
+
+void RunExpertsCase(benchmark::State& state, const ExpertsCase& c) {
+  const int sets = 8;  // 8 copies of every expert: > 8x the last-level cache for small's experts
+  const WeightCopies w1 = MakeWeights(WeightFormat::kFp4Block, c.inter, c.d, sets * c.experts);
+  const WeightCopies w3 = MakeWeights(WeightFormat::kFp4Block, c.inter, c.d, sets * c.experts);
+  const WeightCopies w2 = MakeWeights(WeightFormat::kFp4Block, c.d, c.inter, sets * c.experts);
+  std::vector<std::vector<engine::ExpertWeights>> expert_sets(sets);
+  for (int s = 0; s < sets; ++s) {
+    for (int64_t e = 0; e < c.experts; ++e) {
+      const size_t i = static_cast<size_t>(s * c.experts + e);
+      expert_sets[s].push_back({w1.views[i], w3.views[i], w2.views[i]});
+    }
+  }
+  // Routes: k distinct experts per token, a new draw per call (16 kept, cycled).
+  std::mt19937 rng(9);
+  std::vector<std::vector<int32_t>> routes(16);
+  int64_t chosen_total = 0;
+  for (auto& ids : routes) {
+    std::vector<bool> used(static_cast<size_t>(c.experts), false);
+    for (int64_t t = 0; t < c.n; ++t) {
+      std::vector<int32_t> all(static_cast<size_t>(c.experts));
+      for (int64_t e = 0; e < c.experts; ++e) all[e] = static_cast<int32_t>(e);
+      std::shuffle(all.begin(), all.end(), rng);
+      ids.insert(ids.end(), all.begin(), all.begin() + c.k);
+      for (int64_t j = 0; j < c.k; ++j) used[all[j]] = true;
+    }
+    chosen_total += std::count(used.begin(), used.end(), true);
+  }
+  ExpertBytes()[c.name] = static_cast<double>(chosen_total) / 16.0 *
+                          static_cast<double>(2 * Fp4Bytes(c.inter, c.d) + Fp4Bytes(c.d, c.inter));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(c.n * c.d), out(c.n * c.d), weights(c.n * c.k, 0.4f);
+  for (float& v : x) v = engine::RoundToBf16(normal(rng));
+  CpuBackend& backend = Backend();
+  size_t next = 0;
+  for (auto _ : state) {
+    const absl::Status status =
+        backend.RoutedExperts(expert_sets[next % sets], x.data(), c.n, routes[next % 16].data(),
+                              weights.data(), c.k, 10.0f, out.data());
+    if (!status.ok()) state.SkipWithError(std::string(status.message()).c_str());
+    benchmark::DoNotOptimize(out.data());
+    ++next;
+  }
+}
+
+std::vector<ExpertsCase> ExpertsCases() {
+  return {{"routed_experts_fp4_64x1024x512_k6_n1", 64, 6, 1024, 512, 1},
+          {"routed_experts_fp4_64x1024x512_k6_n8", 64, 6, 1024, 512, 8}};
+}
+
 std::vector<Case> Cases() {
   std::vector<Case> cases;
   struct Matrix {
@@ -376,6 +443,13 @@ int main(int argc, char** argv) {
         ->Unit(benchmark::kMicrosecond)
         ->MinTime(c.prefill ? 2.0 : 1.0);
   }
+  for (const ExpertsCase& c : ExpertsCases()) {
+    benchmark::RegisterBenchmark(c.name.c_str(),
+                                 [c](benchmark::State& s) { RunExpertsCase(s, c); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond)
+        ->MinTime(1.0);
+  }
   CapturingReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
@@ -410,6 +484,14 @@ int main(int argc, char** argv) {
       Report({c.name + suffix, gbps, "GB/s", 0.5 * bandwidth}, "linear");
       std::printf("    = %.0f%% of the measured read bandwidth\n", 100.0 * gbps / bandwidth);
     }
+  }
+  for (const ExpertsCase& c : ExpertsCases()) {
+    auto it = Timings().find(c.name);
+    if (it == Timings().end() || it->second <= 0) continue;
+    ran = true;
+    const double gbps = ExpertBytes()[c.name] / it->second / 1e9;
+    Report({c.name + suffix, gbps, "GB/s", 0.5 * bandwidth}, "linear");
+    std::printf("    = %.0f%% of the measured read bandwidth\n", 100.0 * gbps / bandwidth);
   }
   return ran ? 0 : 1;
 }

@@ -129,6 +129,11 @@ void PrefetchBlock(const KernelWeights& w, int64_t r, int64_t nrows, int64_t k0,
   }
 }
 
+// Row strides of prepared activations: FP32 (+kPadFloats: rows 4 KiB apart would map to the same
+// L1 sets) and BF16.
+int64_t ActivationStride(int64_t cols) { return RoundUp(cols, kPadFloats) + kPadFloats; }
+int64_t Bf16Stride(int64_t cols) { return RoundUp(cols, 64) + 32; }
+
 KernelWeights ToKernel(const WeightView& w) {
   return KernelWeights{static_cast<KernelFormat>(w.format), w.data, w.scale, w.rows, w.cols};
 }
@@ -224,6 +229,28 @@ CpuBackend::CpuBackend(CpuIsa isa, const LinearKernelTable* kernels,
 
 CpuBackend::~CpuBackend() = default;
 
+CpuBackend::LinearForm CpuBackend::FormFor(const cpu::KernelWeights& w, int64_t n,
+                                           bool x_is_bf16) const {
+  const bool low_precision =
+      w.format == KernelFormat::kFp8Block || w.format == KernelFormat::kFp4Block;
+  // BF16 products: FP8/FP4 always (the strip form when the scales suit, the dot form checks per
+  // block), BF16 weights when the activations are BF16 values (as the model's are).
+  const bool bf16_products =
+      bf16_kernels_ != nullptr && (low_precision || (w.format == KernelFormat::kBf16 && x_is_bf16));
+  if (bf16_products && (batch_invariant_ || n < bf16_kernels_->strip_min_n)) {
+    return LinearForm::kDotBf16;
+  }
+  if (bf16_products && (!low_precision || ScalesSuitBf16(w))) return LinearForm::kStripBf16;
+  if (batch_invariant_ || n < kernels_->strip_min_n) return LinearForm::kDot;
+  return LinearForm::kStrip;
+}
+
+bool CpuBackend::UsesBatchedDot(const WeightView& w, int64_t n) const {
+  if (w.format != WeightFormat::kFp4Block || w.cols <= 0 || w.cols % kFp4Group != 0) return false;
+  const LinearForm form = FormFor(ToKernel(w), n, /*x_is_bf16=*/true);
+  return form == LinearForm::kDotBf16 || form == LinearForm::kDot;
+}
+
 void CpuBackend::Linear(const WeightView& w, const float* x, int64_t n, float* y) {
   const int64_t rows = w.rows, cols = w.cols;
   if (n <= 0 || rows <= 0) return;
@@ -232,24 +259,18 @@ void CpuBackend::Linear(const WeightView& w, const float* x, int64_t n, float* y
   }
   std::fill(y, y + n * rows, 0.0f);
   if (cols <= 0) return;
-  // +kPadFloats: rows 4 KiB apart would map to the same L1 sets.
-  const int64_t ldx = RoundUp(cols, kPadFloats) + kPadFloats;
+  const int64_t ldx = ActivationStride(cols);
   const bool x_is_bf16 = PrepareActivations(w, x, n, ldx);
   const KernelWeights kw = ToKernel(w);
-  const bool low_precision =
-      w.format == WeightFormat::kFp8Block || w.format == WeightFormat::kFp4Block;
-  // BF16 products: FP8/FP4 always (the strip form when the scales suit, the dot form checks per
-  // block), BF16 weights when the activations are BF16 values (as the model's are).
-  const bool bf16_products =
-      bf16_kernels_ != nullptr && (low_precision || (w.format == WeightFormat::kBf16 && x_is_bf16));
-  if (bf16_products && (batch_invariant_ || n < bf16_kernels_->strip_min_n)) {
-    LinearDotBf16(kw, n, ldx, y);
-  } else if (bf16_products && (!low_precision || ScalesSuitBf16(kw))) {
-    LinearStripBf16(kw, n, ldx, y);
-  } else if (batch_invariant_ || n < kernels_->strip_min_n) {
-    LinearDot(kw, n, ldx, y);
-  } else {
-    LinearStrip(kw, n, ldx, y);
+  switch (FormFor(kw, n, x_is_bf16)) {
+    case LinearForm::kDotBf16:
+      return LinearDotBf16(kw, n, ldx, y);
+    case LinearForm::kStripBf16:
+      return LinearStripBf16(kw, n, ldx, y);
+    case LinearForm::kDot:
+      return LinearDot(kw, n, ldx, y);
+    case LinearForm::kStrip:
+      return LinearStrip(kw, n, ldx, y);
   }
 }
 
@@ -284,13 +305,12 @@ bool CpuBackend::PrepareActivations(const WeightView& w, const float* x, int64_t
 // ---- FP32 kernels --------------------------------------------------------------------------
 
 void CpuBackend::DotRows(int slot, const KernelWeights& w, int64_t r_begin, int64_t r_end,
-                         int64_t i_begin, int64_t i_end, int64_t ldx, float* y) {
+                         int64_t i_begin, int64_t i_end, const float* xq, int64_t ldx, float* y) {
   const LinearKernelTable& k = *kernels_;
   const int64_t rows = w.rows, cols = w.cols;
   const int64_t chunk = std::min(RoundUp(cols, kQuantBlock), kDotChunk);
   const int64_t ldp = RoundUp(chunk, kPadFloats) + kPadFloats;
   float* panel = scratch_[slot]->panel.Reserve<float>(k.dot_rows * ldp);
-  const float* xq = buffers_->xq.Get<float>();
   for (int64_t i0 = i_begin; i0 < i_end; i0 += kDotBlockRows) {
     const int64_t i1 = std::min(i_end, i0 + kDotBlockRows);
     for (int64_t r = r_begin; r < r_end; r += k.dot_rows) {
@@ -315,10 +335,14 @@ void CpuBackend::DotRows(int slot, const KernelWeights& w, int64_t r_begin, int6
 }
 
 void CpuBackend::LinearDot(const KernelWeights& w, int64_t n, int64_t ldx, float* y) {
-  const int64_t group = kernels_->dot_rows * 4;
+  const float* xq = buffers_->xq.Get<float>();
+  // Groups of 4 register tiles, or of one when that is too few to keep every thread busy (the
+  // mHC mixes have 24 rows). Each row's sum is the same whatever the grouping.
+  const int64_t tiles = (w.rows + kernels_->dot_rows - 1) / kernels_->dot_rows;
+  const int64_t group = kernels_->dot_rows * (tiles >= 8 * threads_ ? 4 : 1);
   const int64_t items = (w.rows + group - 1) / group;
   ForEachItem(items, group * w.cols * n, [&](int slot, int64_t item) {
-    DotRows(slot, w, item * group, std::min(w.rows, (item + 1) * group), 0, n, ldx, y);
+    DotRows(slot, w, item * group, std::min(w.rows, (item + 1) * group), 0, n, xq, ldx, y);
   });
 }
 
@@ -373,44 +397,68 @@ void CpuBackend::LinearStrip(const KernelWeights& w, int64_t n, int64_t ldx, flo
 
 // ---- BF16-product kernels (FP8 / FP4 weights) ------------------------------------------------
 
-void CpuBackend::LinearDotBf16(const KernelWeights& w, int64_t n, int64_t ldx, float* y) {
-  const Bf16KernelTable& b = *bf16_kernels_;
-  const int64_t rows = w.rows, cols = w.cols;
-  const int64_t ldxb = RoundUp(cols, 64) + 32;
-  // Register tiles: mr weight rows × nx activation rows, mr·nx <= 16.
-  const int64_t nx_max = n <= 4 ? 4 : 8, mr_max = n <= 4 ? 4 : 2;
-  const float* xq = buffers_->xq.Get<float>();
-  const uint8_t* data = static_cast<const uint8_t*>(w.data);
-  // Weight rows [r_begin, r_end) against every activation row, kDotBlockRows of them at a time
-  // (they stay in L2 while the weight rows pass). With more than one group of nx_max activation
-  // rows, the columns go in ranges of kDotBf16Range, each group's slice of activations staying
-  // in L1 while all the weight rows pass; the tiles carry their sums across ranges in `state`,
-  // which keeps every row's order of operations, and so its bits, independent of n.
-  // tile(r, mr, i, nx, k_begin, k_end, state) adds one register tile, or returns false having
-  // added nothing (FP4 scales the BF16 products cannot take): the FP32 kernels do those rows.
-  auto run_rows = [&](int slot, int64_t r_begin, int64_t r_end, const auto& tile) {
-    const int64_t range = n <= nx_max ? cols : kDotBf16Range;
-    const int64_t r_tiles = (r_end - r_begin + mr_max - 1) / mr_max;
-    const int64_t groups = (kDotBlockRows + nx_max - 1) / nx_max;
-    float* state =
-        range < cols ? scratch_[slot]->state.Reserve<float>(r_tiles * groups * 256) : nullptr;
-    for (int64_t i0 = 0; i0 < n; i0 += kDotBlockRows) {
-      const int64_t i1 = std::min(n, i0 + kDotBlockRows);
-      for (int64_t k0 = 0; k0 < cols; k0 += range) {
-        const int64_t k1 = std::min(cols, k0 + range);
-        for (int64_t i = i0, g = 0; i < i1; i += nx_max, ++g) {
-          const int nx = static_cast<int>(std::min(nx_max, i1 - i));
-          for (int64_t r = r_begin, t = 0; r < r_end; r += mr_max, ++t) {
-            const int mr = static_cast<int>(std::min(mr_max, r_end - r));
-            float* tile_state = state == nullptr ? nullptr : state + (t * groups + g) * 256;
-            if (!tile(r, mr, i, nx, k0, k1, tile_state) && k0 == 0 && i == i0) {
-              DotRows(slot, w, r, r + mr, i0, i1, ldx, y);  // fails alike for every range
-            }
+// Register tiles of the BF16 dot form: mr weight rows × nx activation rows, mr·nx <= 16.
+struct CpuBackend::Bf16Tiles {
+  explicit Bf16Tiles(int64_t n) : nx_max(n <= 4 ? 4 : 8), mr_max(n <= 4 ? 4 : 2) {}
+  int64_t nx_max, mr_max;
+};
+
+// Weight rows [r_begin, r_end) against every activation row, kDotBlockRows of them at a time
+// (they stay in L2 while the weight rows pass). With more than one group of nx_max activation
+// rows, the columns go in ranges of kDotBf16Range, each group's slice of activations staying in
+// L1 while all the weight rows pass; the tiles carry their sums across ranges in `state`, which
+// keeps every row's order of operations, and so its bits, independent of n.
+// tile(r, mr, i, nx, k_begin, k_end, state) adds one register tile, or returns false having added
+// nothing (FP4 scales the BF16 products cannot take): the FP32 kernels do those rows from xq.
+template <typename Tile>
+void CpuBackend::RunBf16Rows(int slot, const KernelWeights& w, int64_t n, const float* xq,
+                             int64_t ldx, int64_t r_begin, int64_t r_end, float* y,
+                             const Tile& tile) {
+  const Bf16Tiles tiles(n);
+  const int64_t cols = w.cols;
+  const int64_t range = n <= tiles.nx_max ? cols : kDotBf16Range;
+  const int64_t r_tiles = (r_end - r_begin + tiles.mr_max - 1) / tiles.mr_max;
+  const int64_t groups = (kDotBlockRows + tiles.nx_max - 1) / tiles.nx_max;
+  float* state =
+      range < cols ? scratch_[slot]->state.Reserve<float>(r_tiles * groups * 256) : nullptr;
+  for (int64_t i0 = 0; i0 < n; i0 += kDotBlockRows) {
+    const int64_t i1 = std::min(n, i0 + kDotBlockRows);
+    for (int64_t k0 = 0; k0 < cols; k0 += range) {
+      const int64_t k1 = std::min(cols, k0 + range);
+      for (int64_t i = i0, g = 0; i < i1; i += tiles.nx_max, ++g) {
+        const int nx = static_cast<int>(std::min(tiles.nx_max, i1 - i));
+        for (int64_t r = r_begin, t = 0; r < r_end; r += tiles.mr_max, ++t) {
+          const int mr = static_cast<int>(std::min(tiles.mr_max, r_end - r));
+          float* tile_state = state == nullptr ? nullptr : state + (t * groups + g) * 256;
+          if (!tile(r, mr, i, nx, k0, k1, tile_state) && k0 == 0 && i == i0) {
+            DotRows(slot, w, r, r + mr, i0, i1, xq, ldx, y);  // fails alike for every range
           }
         }
       }
     }
-  };
+  }
+}
+
+// Rows of an FP4 weight [r_begin, r_end) against n activation rows (xq FP32, xb BF16).
+void CpuBackend::DotRowsFp4Bf16(int slot, const KernelWeights& w, int64_t n, const float* xq,
+                                int64_t ldx, const uint16_t* xb, int64_t ldxb, int64_t r_begin,
+                                int64_t r_end, float* y) {
+  const Bf16KernelTable& b = *bf16_kernels_;
+  const int64_t rows = w.rows, cols = w.cols, lds = cols / kFp4Group;
+  const uint8_t* data = static_cast<const uint8_t*>(w.data);
+  RunBf16Rows(slot, w, n, xq, ldx, r_begin, r_end, y,
+              [&](int64_t r, int mr, int64_t i, int nx, int64_t k0, int64_t k1, float* state) {
+                return b.dot_fp4(data + r * (cols / 2), w.scale + r * lds, cols, k0, k1, mr,
+                                 xb + i * ldxb, ldxb, nx, state, y + i * rows + r, rows);
+              });
+}
+
+void CpuBackend::LinearDotBf16(const KernelWeights& w, int64_t n, int64_t ldx, float* y) {
+  const Bf16KernelTable& b = *bf16_kernels_;
+  const int64_t rows = w.rows, cols = w.cols;
+  const int64_t ldxb = Bf16Stride(cols);
+  const float* xq = buffers_->xq.Get<float>();
+  const uint8_t* data = static_cast<const uint8_t*>(w.data);
 
   if (w.format == KernelFormat::kFp8Block) {
     // Items are 128-row blocks (one activation scaling each), or quarters of them when there are
@@ -426,47 +474,115 @@ void CpuBackend::LinearDotBf16(const KernelWeights& w, int64_t n, int64_t ldx, f
       uint16_t* xb = scratch_[slot]->xb.Reserve<uint16_t>(n * ldxb);
       if (!b.prepare_fp8(xq, ldx, n, cols, w.scale + (r_begin / kQuantBlock) * scale_cols, xb,
                          ldxb)) {
-        DotRows(slot, w, r_begin, r_end, 0, n, ldx, y);
+        DotRows(slot, w, r_begin, r_end, 0, n, xq, ldx, y);
         return;
       }
-      run_rows(slot, r_begin, r_end,
-               [&](int64_t r, int mr, int64_t i, int nx, int64_t k0, int64_t k1, float* state) {
-                 b.dot_fp8(data + r * cols, cols, k0, k1, mr, xb + i * ldxb, ldxb, nx, state,
-                           y + i * rows + r, rows);
-                 return true;
-               });
+      RunBf16Rows(slot, w, n, xq, ldx, r_begin, r_end, y,
+                  [&](int64_t r, int mr, int64_t i, int nx, int64_t k0, int64_t k1, float* state) {
+                    b.dot_fp8(data + r * cols, cols, k0, k1, mr, xb + i * ldxb, ldxb, nx, state,
+                              y + i * rows + r, rows);
+                    return true;
+                  });
     });
     return;
   }
 
   uint16_t* xb = buffers_->xb.Reserve<uint16_t>(n * ldxb);
-  // Decode-sized calls stream the weights once: each item is a long run of consecutive rows, so
-  // a thread reads one sequential stream the prefetchers follow (16-row items handed out in turn
-  // would make each thread's stream jump every 16 rows).
-  const int64_t group =
-      n <= nx_max ? std::max<int64_t>(16, RoundUp(rows / (int64_t{8} * threads_), 16)) : 16;
+  const int64_t group = DotBf16Group(rows, n);
   const int64_t items = (rows + group - 1) / group;
   if (w.format == KernelFormat::kBf16) {
     b.prepare_plain(xq, ldx, n, cols, xb, ldxb);
     const uint16_t* weights = static_cast<const uint16_t*>(w.data);
     ForEachItem(items, group * cols * n, [&](int slot, int64_t item) {
-      run_rows(slot, item * group, std::min(rows, (item + 1) * group),
-               [&](int64_t r, int mr, int64_t i, int nx, int64_t k0, int64_t k1, float* state) {
-                 b.dot_bf16(weights + r * cols, cols, k0, k1, mr, xb + i * ldxb, ldxb, nx, state,
-                            y + i * rows + r, rows);
-                 return true;
-               });
+      RunBf16Rows(slot, w, n, xq, ldx, item * group, std::min(rows, (item + 1) * group), y,
+                  [&](int64_t r, int mr, int64_t i, int nx, int64_t k0, int64_t k1, float* state) {
+                    b.dot_bf16(weights + r * cols, cols, k0, k1, mr, xb + i * ldxb, ldxb, nx,
+                               state, y + i * rows + r, rows);
+                    return true;
+                  });
     });
     return;
   }
   b.prepare_fp4(xq, ldx, n, cols, xb, ldxb);
-  const int64_t lds = cols / kFp4Group;
   ForEachItem(items, group * cols * n, [&](int slot, int64_t item) {
-    run_rows(slot, item * group, std::min(rows, (item + 1) * group),
-             [&](int64_t r, int mr, int64_t i, int nx, int64_t k0, int64_t k1, float* state) {
-               return b.dot_fp4(data + r * (cols / 2), w.scale + r * lds, cols, k0, k1, mr,
-                                xb + i * ldxb, ldxb, nx, state, y + i * rows + r, rows);
-             });
+    DotRowsFp4Bf16(slot, w, n, xq, ldx, xb, ldxb, item * group,
+                   std::min(rows, (item + 1) * group), y);
+  });
+}
+
+int64_t CpuBackend::DotBf16Group(int64_t rows, int64_t n) const {
+  // Decode-sized calls stream the weights once: each item is a long run of consecutive rows, so
+  // a thread reads one sequential stream the prefetchers follow (16-row items handed out in turn
+  // would make each thread's stream jump every 16 rows).
+  return n <= Bf16Tiles(n).nx_max
+             ? std::max<int64_t>(16, RoundUp(rows / (int64_t{8} * threads_), 16))
+             : 16;
+}
+
+void CpuBackend::LinearFp4Batch(absl::Span<const LinearJob> jobs) {
+  // Activations of every job, quantized (and as BF16 with the BF16 kernels), in one pass.
+  std::vector<int64_t>& offsets = batch_offsets_;  // job j's first activation row, then items
+  offsets.assign(jobs.size() + 1, 0);
+  int64_t max_cols = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const WeightView& w = *jobs[j].w;
+    if (w.format != WeightFormat::kFp4Block || w.cols % kFp4Group != 0 || w.cols <= 0) {
+      Die("LinearFp4Batch: every weight must be FP4 with cols a positive multiple of 32");
+    }
+    offsets[j + 1] = offsets[j] + jobs[j].n;
+    max_cols = std::max(max_cols, w.cols);
+  }
+  const int64_t total_rows = offsets.back();
+  if (total_rows == 0) return;
+  const int64_t ldx = ActivationStride(max_cols), ldxb = Bf16Stride(max_cols);
+  float* xq = buffers_->xq.Reserve<float>(total_rows * ldx);
+  uint16_t* xb =
+      bf16_kernels_ != nullptr ? buffers_->xb.Reserve<uint16_t>(total_rows * ldxb) : nullptr;
+  buffers_->exps.resize(static_cast<size_t>(total_rows * ((max_cols + kQuantBlock - 1) /
+                                                          kQuantBlock)));
+  const LinearKernelTable* kernels = kernels_;
+  const Bf16KernelTable* bf16 = bf16_kernels_;
+  int8_t* exps = buffers_->exps.data();
+  const int64_t exp_stride = (max_cols + kQuantBlock - 1) / kQuantBlock;
+  ForEachItem(static_cast<int64_t>(jobs.size()), max_cols * 16, [&](int, int64_t j) {
+    const LinearJob& job = jobs[static_cast<size_t>(j)];
+    const int64_t cols = job.w->cols, first = offsets[static_cast<size_t>(j)];
+    std::fill(job.y, job.y + job.n * job.w->rows, 0.0f);
+    for (int64_t i = 0; i < job.n; ++i) {
+      kernels->quantize_row(job.x + i * cols, cols, xq + (first + i) * ldx, nullptr,
+                            exps + (first + i) * exp_stride);
+    }
+    if (bf16 != nullptr) bf16->prepare_fp4(xq + first * ldx, ldx, job.n, cols, xb + first * ldxb,
+                                           ldxb);
+  });
+
+  // Items: runs of consecutive rows of one weight, about four per thread over all the jobs (a
+  // small weight is one run), so every thread streams long runs and the pool is woken once.
+  int64_t all_rows = 0;
+  for (const LinearJob& job : jobs) all_rows += job.w->rows;
+  const int64_t run = std::max<int64_t>(16, RoundUp(all_rows / (int64_t{4} * threads_), 16));
+  std::vector<int64_t>& item_start = batch_items_;  // job j's first item
+  item_start.assign(jobs.size() + 1, 0);
+  int64_t total_work = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    item_start[j + 1] = item_start[j] + (jobs[j].w->rows + run - 1) / run;
+    total_work += jobs[j].w->rows * jobs[j].w->cols * jobs[j].n;
+  }
+  const int64_t items = item_start.back();
+  ForEachItem(items, total_work / std::max<int64_t>(items, 1), [&](int slot, int64_t item) {
+    const size_t j = static_cast<size_t>(
+        std::upper_bound(item_start.begin(), item_start.end(), item) - item_start.begin() - 1);
+    const LinearJob& job = jobs[j];
+    const KernelWeights kw = ToKernel(*job.w);
+    const int64_t r_begin = (item - item_start[j]) * run;
+    const int64_t r_end = std::min(kw.rows, r_begin + run);
+    const float* job_xq = xq + offsets[j] * ldx;
+    if (bf16 != nullptr) {
+      DotRowsFp4Bf16(slot, kw, job.n, job_xq, ldx, xb + offsets[j] * ldxb, ldxb, r_begin, r_end,
+                     job.y);
+    } else {
+      DotRows(slot, kw, r_begin, r_end, 0, job.n, job_xq, ldx, job.y);
+    }
   });
 }
 

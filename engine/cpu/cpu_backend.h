@@ -140,15 +140,39 @@ class CpuBackend final : public Backend {
   // Fills the activation buffer (row stride ldx) from x: quantized for FP8/FP4, else copied.
   // Returns whether every activation is a BF16 value (always so after quantization).
   bool PrepareActivations(const WeightView& w, const float* x, int64_t n, int64_t ldx);
+  // Which kernels Linear uses for w against n activation rows.
+  enum class LinearForm : uint8_t { kDotBf16, kStripBf16, kDot, kStrip };
+  LinearForm FormFor(const cpu::KernelWeights& w, int64_t n, bool x_is_bf16) const;
   // The FP32 kernels: dot form (few rows of x) and strip form (many).
   void LinearDot(const cpu::KernelWeights& w, int64_t n, int64_t ldx, float* y);
-  // Weight rows [r_begin, r_end) against activation rows [i_begin, i_end), FP32 kernels.
+  // Weight rows [r_begin, r_end) against activation rows [i_begin, i_end) of xq, FP32 kernels.
   void DotRows(int slot, const cpu::KernelWeights& w, int64_t r_begin, int64_t r_end,
-               int64_t i_begin, int64_t i_end, int64_t ldx, float* y);
+               int64_t i_begin, int64_t i_end, const float* xq, int64_t ldx, float* y);
   void LinearStrip(const cpu::KernelWeights& w, int64_t n, int64_t ldx, float* y);
   // The BF16-product kernels: FP8 / FP4 weights, BF16 weights with BF16 activations.
+  struct Bf16Tiles;
   void LinearDotBf16(const cpu::KernelWeights& w, int64_t n, int64_t ldx, float* y);
   void LinearStripBf16(const cpu::KernelWeights& w, int64_t n, int64_t ldx, float* y);
+  template <typename Tile>
+  void RunBf16Rows(int slot, const cpu::KernelWeights& w, int64_t n, const float* xq, int64_t ldx,
+                   int64_t r_begin, int64_t r_end, float* y, const Tile& tile);
+  void DotRowsFp4Bf16(int slot, const cpu::KernelWeights& w, int64_t n, const float* xq,
+                      int64_t ldx, const uint16_t* xb, int64_t ldxb, int64_t r_begin,
+                      int64_t r_end, float* y);
+  // Weight rows per work item of the BF16 dot form.
+  int64_t DotBf16Group(int64_t rows, int64_t n) const;
+  // Several FP4 linears in the dot form as one parallel pass (routed experts): each job's y is
+  // bit-identical to Linear(*w, x, n, y) when Linear would use a dot form for it, but the pool is
+  // woken twice in all instead of twice per linear, and threads stream whole weights.
+  struct LinearJob {
+    const WeightView* w;
+    const float* x;
+    int64_t n;
+    float* y;
+  };
+  void LinearFp4Batch(absl::Span<const LinearJob> jobs);
+  // Whether LinearFp4Batch can take w against n activation rows (FP4, and Linear's form is a dot).
+  bool UsesBatchedDot(const WeightView& w, int64_t n) const;
   // Runs fn(slot, item) for item in [0, items) on the pool; each slot is one thread at a time.
   // Work below kMinParallelWork (≈ multiply-adds) runs on the calling thread: waking workers
   // costs more.
@@ -169,6 +193,8 @@ class CpuBackend final : public Backend {
   std::vector<std::unique_ptr<Scratch>> scratch_;
   std::unique_ptr<Buffers> buffers_;
   std::vector<float> op_scratch_;  // ops' step-sized temporaries (mHC μ, expert activations)
+  std::vector<int64_t> batch_offsets_, batch_items_;  // LinearFp4Batch's job tables
+  std::vector<LinearJob> expert_jobs_;
   std::vector<float> attention_ring_, attention_hca_;  // a sequence's decoded window / HCA entries
 };
 

@@ -310,30 +310,57 @@ absl::Status CpuBackend::RoutedExperts(absl::Span<const ExpertWeights> experts, 
       assigned[static_cast<size_t>(e)].emplace_back(t, weights[t * k + j]);
     }
   }
-  std::fill(out, out + rows * d, 0.0f);
-  std::vector<float> xs, ws, u, v, ys;
-  for (int64_t e = 0; e < num_experts; ++e) {
-    const auto& list = assigned[static_cast<size_t>(e)];
-    if (list.empty()) continue;
-    const int64_t m = static_cast<int64_t>(list.size());
-    xs.resize(static_cast<size_t>(m * d));
-    ws.resize(static_cast<size_t>(m));
-    u.resize(static_cast<size_t>(m * inter));
-    v.resize(static_cast<size_t>(m * inter));
-    ys.resize(static_cast<size_t>(m * d));
-    for (int64_t i = 0; i < m; ++i) {
-      std::memcpy(xs.data() + i * d, x + list[static_cast<size_t>(i)].first * d,
-                  static_cast<size_t>(d) * 4);
-      ws[static_cast<size_t>(i)] = list[static_cast<size_t>(i)].second;
+  // Every active expert's rows in consecutive slots, experts in id order: xs [slots][d] → u, v
+  // [slots][inter] → h (over u) → ys [slots][d], with ws [slots] the routing weights.
+  const int64_t slots = rows * k;
+  op_scratch_.resize(static_cast<size_t>(slots * (2 * d + 2 * inter + 1)));
+  float* xs = op_scratch_.data();
+  float* u = xs + slots * d;
+  float* v = u + slots * inter;
+  float* ys = v + slots * inter;
+  float* ws = ys + slots * d;
+  int64_t slot = 0;
+  for (const auto& list : assigned) {
+    for (const auto& [t, weight] : list) {
+      std::memcpy(xs + slot * d, x + t * d, static_cast<size_t>(d) * 4);
+      ws[slot++] = weight;
     }
+  }
+  // The experts' linears: those Linear would run in the dot form (every one at decode) go in
+  // one parallel pass per stage (LinearFp4Batch: the same bits), the others one by one.
+  auto add = [&](const WeightView& w, const float* in, int64_t m, float* y) {
+    if (UsesBatchedDot(w, m)) {
+      expert_jobs_.push_back(LinearJob{&w, in, m, y});
+    } else {
+      Linear(w, in, m, y);
+    }
+  };
+  expert_jobs_.clear();
+  for (int64_t e = 0, first = 0; e < num_experts; ++e) {
+    const int64_t m = static_cast<int64_t>(assigned[static_cast<size_t>(e)].size());
+    if (m == 0) continue;
     const ExpertWeights& ew = experts[static_cast<size_t>(e)];
-    Linear(ew.w1, xs.data(), m, u.data());
-    Linear(ew.w3, xs.data(), m, v.data());
-    SwiGlu(u.data(), v.data(), m, inter, ws.data(), limit, u.data());
-    Linear(ew.w2, u.data(), m, ys.data());
-    for (int64_t i = 0; i < m; ++i) {
-      float* dst = out + list[static_cast<size_t>(i)].first * d;
-      const float* src = ys.data() + i * d;
+    add(ew.w1, xs + first * d, m, u + first * inter);
+    add(ew.w3, xs + first * d, m, v + first * inter);
+    first += m;
+  }
+  LinearFp4Batch(expert_jobs_);
+  SwiGlu(u, v, slots, inter, ws, limit, u);
+  expert_jobs_.clear();
+  for (int64_t e = 0, first = 0; e < num_experts; ++e) {
+    const int64_t m = static_cast<int64_t>(assigned[static_cast<size_t>(e)].size());
+    if (m == 0) continue;
+    add(experts[static_cast<size_t>(e)].w2, u + first * inter, m, ys + first * d);
+    first += m;
+  }
+  LinearFp4Batch(expert_jobs_);
+  // Sum in expert order, each expert's output rounded to BF16 first.
+  std::fill(out, out + rows * d, 0.0f);
+  slot = 0;
+  for (const auto& list : assigned) {
+    for (const auto& entry : list) {
+      float* dst = out + entry.first * d;
+      const float* src = ys + slot++ * d;
       for (int64_t c = 0; c < d; ++c) dst[c] += RoundToBf16(src[c]);
     }
   }

@@ -238,6 +238,72 @@ TEST(BackendMoeTest, RoutedExpertsMatchReference) {
   }
 }
 
+// CpuBackend runs the experts' linears of a step in one parallel pass per stage when Linear would
+// use its dot form for them (every expert at decode): each expert's output must be bit for bit
+// what the backend's own Linear, SwiGlu, Linear give, summed in expert id order, on every
+// instruction set, with and without batch invariance (without it, experts with many rows take
+// the strip form one by one while the others still go in the pass), with 2 and 3 threads.
+TEST(BackendMoeTest, CpuRoutedExpertsEqualTheBackendsOwnLinears) {
+  Random rng(15);
+  const int64_t experts = 6, k = 2, d = 256, inter = 128;
+  const ExpertSet set = MakeExperts(WeightFormat::kFp4Block, experts, d, inter, rng);
+  for (CpuIsa isa : {CpuIsa::kGeneric, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16}) {
+    if (!CpuIsaSupported(isa)) continue;
+    for (bool invariant : {true, false}) {
+      for (int threads : {2, 3}) {
+        auto created =
+            CpuBackend::Create({.threads = threads, .isa = isa, .batch_invariant = invariant});
+        ASSERT_TRUE(created.ok()) << created.status();
+        CpuBackend& b = **created;
+        const std::vector<ExpertWeights> views = set.Views(b);
+        for (int64_t rows : {int64_t{1}, int64_t{3}, int64_t{17}, int64_t{400}}) {
+          const std::string what = absl::StrCat(CpuIsaName(isa), invariant ? " invariant" : "",
+                                                " threads=", threads, " rows=", rows);
+          const std::vector<float> x = rng.Bf16Normals(rows * d);
+          std::vector<int32_t> ids;
+          std::vector<float> weights;
+          for (int64_t t = 0; t < rows; ++t) {
+            // Expert 0 on every row (many rows: the strip form without invariance), one other.
+            ids.push_back(0);
+            ids.push_back(static_cast<int32_t>(rng.Int(1, experts - 1)));
+            weights.push_back(std::fabs(rng.Normal(0.5f)) + 0.1f);
+            weights.push_back(std::fabs(rng.Normal(0.5f)) + 0.1f);
+          }
+          std::vector<float> got(static_cast<size_t>(rows * d));
+          ASSERT_TRUE(b.RoutedExperts(views, x.data(), rows, ids.data(), weights.data(), k, 10.0f,
+                                      got.data())
+                          .ok());
+          std::vector<float> want(got.size(), 0.0f);
+          for (int64_t e = 0; e < experts; ++e) {
+            std::vector<float> xs, ws;
+            std::vector<int64_t> row_of;
+            for (int64_t t = 0; t < rows; ++t) {
+              for (int64_t j = 0; j < k; ++j) {
+                if (ids[t * k + j] != e) continue;
+                xs.insert(xs.end(), x.begin() + t * d, x.begin() + (t + 1) * d);
+                ws.push_back(weights[t * k + j]);
+                row_of.push_back(t);
+              }
+            }
+            const int64_t m = static_cast<int64_t>(row_of.size());
+            if (m == 0) continue;
+            std::vector<float> u(static_cast<size_t>(m * inter)), v(u.size()),
+                y(static_cast<size_t>(m * d));
+            b.Linear(views[e].w1, xs.data(), m, u.data());
+            b.Linear(views[e].w3, xs.data(), m, v.data());
+            b.SwiGlu(u.data(), v.data(), m, inter, ws.data(), 10.0f, u.data());
+            b.Linear(views[e].w2, u.data(), m, y.data());
+            for (int64_t i = 0; i < m; ++i) {
+              for (int64_t c = 0; c < d; ++c) want[row_of[i] * d + c] += RoundToBf16(y[i * d + c]);
+            }
+          }
+          ExpectBitIdentical(want, got, what);
+        }
+      }
+    }
+  }
+}
+
 TEST(BackendMoeTest, RoutedExpertsRejectAnIdOutOfRange) {
   Random rng(14);
   const ExpertSet set = MakeExperts(WeightFormat::kFp4Block, 4, 256, 128, rng);
