@@ -21,6 +21,7 @@
 #include "engine/model.h"
 #include "engine/model_writer.h"
 #include "engine/numerics.h"
+#include "engine/profiling_backend.h"
 
 namespace strata::bench {
 namespace {
@@ -188,7 +189,12 @@ absl::Status BenchPreset(const Bench& bench, const std::string& preset) {
   const EngineBenchOptions& o = bench.options;
   STRATA_ASSIGN_OR_RETURN(std::string dir, EnsureModel(o, preset));
   STRATA_ASSIGN_OR_RETURN(auto ckpt, engine::Checkpoint::Load(dir, {.threads = o.threads}));
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<engine::Backend> backend, MakeBenchBackend(o));
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<engine::Backend> measured, MakeBenchBackend(o));
+  // With --profile-ops everything (weights, experts, KV pool, model) runs on the profiler, which
+  // forwards to the measured backend; without it the profiler is not in the path at all.
+  std::unique_ptr<engine::ProfilingBackend> profiler;
+  if (o.profile_ops) profiler = std::make_unique<engine::ProfilingBackend>(*measured);
+  engine::Backend* backend = profiler ? profiler.get() : measured.get();
   STRATA_ASSIGN_OR_RETURN(auto weights, engine::ModelWeights::Create(*ckpt, *backend));
   const ModelConfig& c = weights->config();
   engine::LocalExperts experts(*weights, *backend);
@@ -204,7 +210,7 @@ absl::Status BenchPreset(const Bench& bench, const std::string& preset) {
   }
   max_blocks = std::max(max_blocks, layout.BlocksFor(long_context + o.steps) + 1);
   max_blocks = std::max(max_blocks, layout.BlocksFor(o.prefill_tokens) + 1);
-  engine::KvPool pool(layout, max_blocks, backend.get());
+  engine::KvPool pool(layout, max_blocks, backend);
   engine::Model model(*weights, *backend, experts, pool);
 
   // Decode: `batch` sequences at `context` tokens, `steps` steps of one token each.
@@ -233,6 +239,7 @@ absl::Status BenchPreset(const Bench& bench, const std::string& preset) {
       // This machine's bandwidth drifts (shared hosts, CPU quotas): the roofline uses the
       // bandwidth measured right before the case, not the one at the start of the run.
       const double bandwidth = CaseBandwidth(bench, *backend);
+      if (profiler) profiler->Reset();
       auto start = Clock::now();
       for (int64_t i = 0; i < o.steps; ++i) STRATA_RETURN_IF_ERROR(step());
       const double seconds = Seconds(start);
@@ -248,7 +255,8 @@ absl::Status BenchPreset(const Bench& bench, const std::string& preset) {
       // The target: at least half the memory-bandwidth roofline.
       Report({absl::StrCat("decode_", PresetName(o, preset), "_b", batch, "_ctx", context), tok_s,
               "tok/s", 0.5 * roofline},
-             o.results);
+             profiler ? "" : o.results);  // profiled figures are printed, not recorded
+      if (profiler) std::printf("%s", profiler->Report(seconds).c_str());
       for (auto& cache : caches) model.Release(cache);
     }
   }

@@ -34,6 +34,9 @@ struct EngineBenchOptions {
   std::string variant;
   std::function<void(engine::ModelConfig&)> edit_config;
   std::string results = "engine";  // bench/results/<results>.tsv
+  // After each decode case, where its timed steps' time went, op by op: the model then runs on
+  // an engine::ProfilingBackend wrapping the measured backend (engine/profiling_backend.h).
+  bool profile_ops = false;
   // The backend to measure; unset: the CPU backend with `threads` threads. A backend whose memory
   // is not host memory is compared with its own device bandwidth.
   std::function<absl::StatusOr<std::unique_ptr<engine::Backend>>()> make_backend;

@@ -70,6 +70,7 @@ void Report(const Figure& figure, const std::string& results_file) {
               figure.unit.c_str(), figure.limit, figure.unit.c_str(), ratio,
               figure.limit == 0 && !figure.higher_is_better ? "(no target)" : pass ? "PASS" : "BELOW TARGET");
   std::fflush(stdout);
+  if (results_file.empty()) return;
 
   const std::string path = (results_file.rfind('/', 0) == 0 ? results_file
                                                             : std::string(STRATA_SOURCE_DIR) + "/bench/results/" +

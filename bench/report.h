@@ -21,7 +21,8 @@ struct Figure {
 // (hostname and CPU model), git commit (short hash, "unknown" outside git), name, value, unit,
 // limit, ratio. A results file that cannot be written is reported on stderr, not fatal. An
 // absolute `results_file` ("/out/cuda") names the file itself (".tsv" appended): for runs on
-// machines that have no checkout, whose results are copied back.
+// machines that have no checkout, whose results are copied back. An empty `results_file` only
+// prints (runs whose figures are not comparable, e.g. under a profiler).
 void Report(const Figure& figure, const std::string& results_file);
 
 }  // namespace strata::bench

@@ -144,6 +144,7 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   engine->add_option("--model-cache", o->model_cache, "where the bench models are made (once)")->capture_default_str();
   engine->add_option("--tokenizer-dir", o->tokenizer_dir, "tokenizer files for making the bench models")
       ->capture_default_str();
+  engine->add_flag("--profile-ops", o->profile_ops, "print where each decode case's time goes, op by op");
   engine->callback([o, exit_code] {
     absl::Status status = bench::RunEngineBench(*o);
     if (!status.ok()) *exit_code = Fail("bench engine", std::string(status.message()));

@@ -305,10 +305,34 @@ void CpuBackend::AttendSequence(const StepSequence& s, const AttentionParams& p,
   // lambdas below run on worker threads too, so they use these pointers, not the vectors.
   attention_ring_.resize(static_cast<size_t>(std::max<int64_t>(s.start - ring_first, 1) * hd));
   float* const ring = attention_ring_.data();
-  for (int64_t u = ring_first; u < s.start; ++u) {
-    DecodeMain(s.state + p.window_offset + (u % w) * codec.bytes,
-               ring + (u - ring_first) * hd, codec);
-  }
+  // Decode-sized steps (few rows, CSA) also decode each row's chosen entries here, once, rather
+  // than once per head group below; both in one parallel pass of kDecodeSlice entries per item.
+  constexpr int64_t kDecodeSlice = 32;
+  const bool chosen_here = m == 4 && s.n <= kChosenHereRows;
+  const int64_t ring_items = (s.start - ring_first + kDecodeSlice - 1) / kDecodeSlice;
+  const int64_t row_items = (p.topk + kDecodeSlice - 1) / kDecodeSlice;
+  if (chosen_here) attention_chosen_.resize(static_cast<size_t>(s.n * p.topk * hd));
+  float* const chosen_rows = chosen_here ? attention_chosen_.data() : nullptr;
+  ForEachItem(ring_items + (chosen_here ? s.n * row_items : 0), kDecodeSlice * hd * 4,
+              [&](int, int64_t item) {
+                if (item < ring_items) {
+                  const int64_t end = std::min(s.start, ring_first + (item + 1) * kDecodeSlice);
+                  for (int64_t u = ring_first + item * kDecodeSlice; u < end; ++u) {
+                    DecodeMain(s.state + p.window_offset + (u % w) * codec.bytes,
+                               ring + (u - ring_first) * hd, codec);
+                  }
+                  return;
+                }
+                const int64_t i = (item - ring_items) / row_items;
+                const int64_t first = (item - ring_items) % row_items * kDecodeSlice;
+                const int64_t row = s.row + i;
+                for (int64_t c = first; c < std::min<int64_t>(count[row], first + kDecodeSlice);
+                     ++c) {
+                  DecodeMain(BlockEntry(pool, s, chosen[row * p.topk + c], kBlockTokens / m,
+                                        p.entry_offset, codec.bytes),
+                             chosen_rows + (i * p.topk + c) * hd, codec);
+                }
+              });
   float* hca = nullptr;
   if (m == 128) {
     const int64_t visible = (s.start + s.n) / m;
@@ -336,7 +360,9 @@ void CpuBackend::AttendSequence(const StepSequence& s, const AttentionParams& p,
       cand.push_back(u >= s.start ? kv + (s.row + u - s.start) * hd
                                   : ring + (u - ring_first) * hd);
     }
-    if (m == 4) {
+    if (chosen_here) {
+      for (int64_t c = 0; c < count[row]; ++c) cand.push_back(chosen_rows + (i * p.topk + c) * hd);
+    } else if (m == 4) {
       const int64_t n = count[row];
       decoded.resize(static_cast<size_t>(n * hd));
       for (int64_t c = 0; c < n; ++c) {

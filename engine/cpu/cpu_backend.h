@@ -195,7 +195,10 @@ class CpuBackend final : public Backend {
   std::vector<float> op_scratch_;  // ops' step-sized temporaries (mHC μ, expert activations)
   std::vector<int64_t> batch_offsets_, batch_items_;  // LinearFp4Batch's job tables
   std::vector<LinearJob> expert_jobs_;
-  std::vector<float> attention_ring_, attention_hca_;  // a sequence's decoded window / HCA entries
+  // A sequence's decoded window and HCA entries, and (decode-sized steps) its rows' chosen CSA
+  // entries, decoded once per call when the sequence has at most kChosenHereRows rows.
+  static constexpr int64_t kChosenHereRows = 8;
+  std::vector<float> attention_ring_, attention_hca_, attention_chosen_;
 };
 
 template <typename Fn>
