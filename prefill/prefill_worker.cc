@@ -243,14 +243,20 @@ void PrefillWorker::RunStep() {
   }
   if (inputs.empty()) return;
 
-  // Pushes layer `l`'s pages of the blocks this step touched, for every job in the step.
-  auto put_range = [&](Running& r, int64_t block, int64_t offset, int64_t bytes) {
+  // Ranges of each touched block, sent as one PutMany per job (one completion, one flush).
+  std::vector<transport::PutSpan> spans;
+  auto add_range = [&](Running& r, int64_t block, int64_t offset, int64_t bytes) {
     const uint8_t* local = pool_.block(r.cache.blocks[static_cast<size_t>(block)]) + offset;
     const uint64_t remote = static_cast<uint64_t>(r.job.target.blocks[static_cast<size_t>(block)]) * r.job.target.block_bytes +
                             static_cast<uint64_t>(offset);
-    r.endpoint->Put(local, static_cast<size_t>(bytes), r.job.target.pool, remote, r.tracker->Add());
+    spans.push_back({local, static_cast<size_t>(bytes), remote});
     r.bytes += static_cast<uint64_t>(bytes);
   };
+  auto put_spans = [&](Running& r) {
+    if (!spans.empty()) r.endpoint->PutMany(spans, r.job.target.pool, r.tracker->Add());
+    spans.clear();
+  };
+  // Pushes layer `l`'s pages of the blocks this step touched, for every job in the step.
   auto push_layer = [&](int64_t l) {
     const engine::LayerKvLayout& kv = layout.layers()[static_cast<size_t>(l)];
     if (kv.main_entries == 0 && kv.indexer_entries == 0) return;  // window-only: state slot only
@@ -258,9 +264,10 @@ void PrefillWorker::RunStep() {
       const int64_t first = r->step_start / engine::kBlockTokens;
       const int64_t last = (r->step_start + r->step_tokens - 1) / engine::kBlockTokens;
       for (int64_t b = first; b <= last; ++b) {
-        if (kv.main_entries > 0) put_range(*r, b, kv.main_offset, kv.main_entries * layout.main_entry_bytes());
-        if (kv.indexer_entries > 0) put_range(*r, b, kv.indexer_offset, kv.indexer_entries * layout.indexer_entry_bytes());
+        if (kv.main_entries > 0) add_range(*r, b, kv.main_offset, kv.main_entries * layout.main_entry_bytes());
+        if (kv.indexer_entries > 0) add_range(*r, b, kv.indexer_offset, kv.indexer_entries * layout.indexer_entry_bytes());
       }
+      put_spans(*r);
     }
   };
   engine::LayerObserver observer = [&](int64_t layer, const float*, int64_t) {
@@ -282,7 +289,8 @@ void PrefillWorker::RunStep() {
     // The headers Step just sealed, then (last step) the state slot: after the pages they cover.
     const int64_t first = r->step_start / engine::kBlockTokens;
     const int64_t last = (r->step_start + r->step_tokens - 1) / engine::kBlockTokens;
-    for (int64_t b = first; b <= last; ++b) put_range(*r, b, 0, engine::kKvHeaderBytes);
+    for (int64_t b = first; b <= last; ++b) add_range(*r, b, 0, engine::kKvHeaderBytes);
+    put_spans(*r);
     if (r->cache.position == static_cast<int64_t>(r->job.tokens.size())) {
       uint8_t* staged = staging_.data() + static_cast<size_t>(r->staging_slot) * static_cast<size_t>(layout.state_bytes());
       std::memcpy(staged, r->cache.state.data(), static_cast<size_t>(layout.state_bytes()));

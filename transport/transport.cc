@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 
 namespace strata::transport {
@@ -54,6 +55,40 @@ absl::StatusOr<std::unique_ptr<MemoryRegistration>> Transport::Allocate(size_t l
     return registration.status();
   }
   return std::make_unique<OwnedRegistration>(memory, *std::move(registration));
+}
+
+void Endpoint::PutMany(absl::Span<const PutSpan> spans, const RemoteRegion& remote,
+                       Completion done) {
+  for (const PutSpan& span : spans) {
+    if (span.remote_offset > remote.length || span.len > remote.length - span.remote_offset) {
+      return done(absl::OutOfRangeError(absl::StrFormat(
+          "put of %d bytes at offset %d leaves the remote region of %d bytes", span.len,
+          span.remote_offset, remote.length)));
+    }
+  }
+  if (spans.empty()) return done(absl::OkStatus());
+  // One countdown for the spans; the last completion reports the first error.
+  struct Pending {
+    absl::Mutex mu;
+    size_t left;
+    absl::Status first_error;
+    Completion done;
+  };
+  auto pending = std::make_shared<Pending>();
+  pending->left = spans.size();
+  pending->done = std::move(done);
+  for (const PutSpan& span : spans) {
+    Put(span.local, span.len, remote, span.remote_offset, [pending](absl::Status status) {
+      absl::Status result;
+      {
+        absl::MutexLock lock(&pending->mu);
+        if (!status.ok() && pending->first_error.ok()) pending->first_error = std::move(status);
+        if (--pending->left > 0) return;
+        result = pending->first_error;
+      }
+      pending->done(std::move(result));
+    });
+  }
 }
 
 absl::Status PutSync(Endpoint& ep, const void* local, size_t len, const RemoteRegion& remote,

@@ -22,6 +22,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "absl/time/time.h"
 
 namespace strata::transport {
@@ -44,6 +45,13 @@ class MemoryRegistration {
 
 using Completion = std::function<void(absl::Status)>;
 
+// One piece of a PutMany: `len` bytes from `local` to the remote region at `remote_offset`.
+struct PutSpan {
+  const void* local = nullptr;
+  size_t len = 0;
+  uint64_t remote_offset = 0;
+};
+
 // A connection to one peer. Operations on one endpoint are issued in order; a Put's completion
 // means the bytes are in the peer's memory (so the peer may be told by any channel once it has
 // run), and a message sent after a Put is delivered after the Put's bytes landed.
@@ -55,6 +63,12 @@ class Endpoint {
   // `remote.address + remote_offset`. Fails (through `done`) if the range leaves `remote`.
   virtual void Put(const void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset, Completion done) = 0;
   virtual void Get(void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset, Completion done) = 0;
+  // The puts of `spans` into `remote`, issued in order as one operation (how a worker ships a
+  // layer's KV pages): `done` is called once, when every byte has landed, or with the first
+  // error (after the puts already issued have finished with the local memory). Checks every span
+  // before issuing any: a span that leaves `remote` fails the whole call and nothing is put.
+  // `spans` need not outlive the call. The default issues one Put per span.
+  virtual void PutMany(absl::Span<const PutSpan> spans, const RemoteRegion& remote, Completion done);
   // Delivers `payload` (small: ≤ 64 KiB) to the peer's handler for `id`, after every Put issued
   // before it on this endpoint has landed.
   virtual void Send(uint16_t id, std::string_view payload, Completion done) = 0;

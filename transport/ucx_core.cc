@@ -449,41 +449,67 @@ void UcxCore::OnOpDone(void* request, ucs_status_t status, void* user_data) {
   delete op;
 }
 
-void UcxCore::DoTransfer(bool put, uint64_t ep_id, void* local, size_t len,
-                         const RemoteRegion& remote, uint64_t offset, Completion done) {
-  const char* verb = put ? "put" : "get";
-  EpState* s = FindEp(ep_id);
-  if (s == nullptr) return done(absl::InternalError(absl::StrCat(verb, ": unknown endpoint")));
-  if (!s->error.ok()) return done(s->error);
+// The checks a transfer of `len` bytes at `offset` into `remote` must pass before it is issued.
+absl::Status UcxCore::CheckTransfer(const char* verb, const EpState& s, size_t len,
+                                    const RemoteRegion& remote, uint64_t offset) {
+  if (!s.error.ok()) return s.error;
   if (!Fits(offset, len, remote.length)) {
-    return done(absl::OutOfRangeError(
+    return absl::OutOfRangeError(
         absl::StrFormat("%s of %d bytes at offset %d leaves the remote region of %d bytes", verb,
-                        len, offset, remote.length)));
+                        len, offset, remote.length));
   }
+  return absl::OkStatus();
+}
+
+void UcxCore::DoGet(uint64_t ep_id, void* local, size_t len, const RemoteRegion& remote,
+                    uint64_t offset, Completion done) {
+  EpState* s = FindEp(ep_id);
+  if (s == nullptr) return done(absl::InternalError("get: unknown endpoint"));
+  if (absl::Status ok = CheckTransfer("get", *s, len, remote, offset); !ok.ok()) return done(ok);
   if (len == 0) return done(absl::OkStatus());
   absl::StatusOr<ucp_rkey_h> rkey = Rkey(*s, remote.key);
-  if (!rkey.ok()) return done(Annotate(rkey.status(), verb));
-  if (!put) {
-    Op* op = NewOp(verb, *s, std::move(done));
-    const ucp_request_param_t param = Param(op);
-    Track(op, ucp_get_nbx(s->ep, local, len, remote.address + offset, *rkey, &param));
-    return;
-  }
-  // UCP completes a put when the local buffer may be reused; the caller's completion waits for a
-  // flush that covers it, so it means what Endpoint promises: the bytes are in the peer's memory.
-  // One flush covers every put issued before it, so a stream of puts needs about one per window.
-  const uint64_t epoch = ++s->puts_issued;
-  Op* op = NewOp(verb, *s, nullptr);
-  op->then = [this, id = s->id, epoch, peer = s->name,
-              done = std::move(done)](ucs_status_t status) mutable {
-    if (status != UCS_OK) return done(UcxError(absl::StrCat("put to ", *peer), status));
-    EpState* s = FindEp(id);
-    if (s == nullptr)
-      return done(absl::CancelledError(absl::StrCat("put to ", *peer, ": the endpoint is gone")));
-    AwaitFlush(*s, epoch, std::move(done));
-  };
+  if (!rkey.ok()) return done(Annotate(rkey.status(), "get"));
+  Op* op = NewOp("get", *s, std::move(done));
   const ucp_request_param_t param = Param(op);
-  Track(op, ucp_put_nbx(s->ep, local, len, remote.address + offset, *rkey, &param));
+  Track(op, ucp_get_nbx(s->ep, local, len, remote.address + offset, *rkey, &param));
+}
+
+// UCP completes a put when the local buffer may be reused; the caller's completion waits for a
+// flush that covers it, so it means what Endpoint promises: the bytes are in the peer's memory.
+// Since that flush is the completion, the puts themselves need none: each request is released
+// as soon as it is issued (UCP still finishes it), and the flush reports a put that failed (the
+// endpoint fails). One flush covers every put issued before it, so a stream of puts needs about
+// one per loop round, and a PutMany one in all.
+void UcxCore::DoPuts(uint64_t ep_id, absl::Span<const PutSpan> spans, const RemoteRegion& remote,
+                     Completion done) {
+  EpState* s = FindEp(ep_id);
+  if (s == nullptr) return done(absl::InternalError("put: unknown endpoint"));
+  for (const PutSpan& span : spans) {
+    if (absl::Status ok = CheckTransfer("put", *s, span.len, remote, span.remote_offset);
+        !ok.ok()) {
+      return done(ok);
+    }
+  }
+  absl::StatusOr<ucp_rkey_h> rkey = Rkey(*s, remote.key);
+  if (!rkey.ok()) return done(Annotate(rkey.status(), "put"));
+  const ucp_request_param_t param{};  // no callback: see above
+  absl::Status error;
+  for (const PutSpan& span : spans) {
+    if (span.len == 0) continue;
+    const ucs_status_ptr_t request =
+        ucp_put_nbx(s->ep, const_cast<void*>(span.local), span.len,
+                    remote.address + span.remote_offset, *rkey, &param);
+    if (UCS_PTR_IS_ERR(request)) {
+      error = UcxError(absl::StrCat("put to ", *s->name), UCS_PTR_STATUS(request));
+      break;
+    }
+    ++s->puts_issued;
+    if (request != nullptr) ucp_request_free(request);
+  }
+  if (error.ok()) return AwaitFlush(*s, s->puts_issued, std::move(done));
+  // The puts already issued may still read the caller's memory: report once they are done.
+  AwaitFlush(*s, s->puts_issued,
+             [error, done = std::move(done)](absl::Status) mutable { done(std::move(error)); });
 }
 
 void UcxCore::AwaitFlush(EpState& s, uint64_t epoch, Completion done) {

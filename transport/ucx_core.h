@@ -135,8 +135,10 @@ class UcxCore {
   void Unmap(ucp_mem_h memh);
 
   // Progress thread only.
-  void DoTransfer(bool put, uint64_t ep_id, void* local, size_t len, const RemoteRegion& remote,
-                  uint64_t offset, Completion done);
+  void DoPuts(uint64_t ep_id, absl::Span<const PutSpan> spans, const RemoteRegion& remote,
+              Completion done);
+  void DoGet(uint64_t ep_id, void* local, size_t len, const RemoteRegion& remote, uint64_t offset,
+             Completion done);
   void DoOrdered(uint64_t ep_id, EpState::Ordered item);
   void ReleaseEndpoint(uint64_t ep_id);
 
@@ -152,6 +154,8 @@ class UcxCore {
     return it == eps_.end() ? nullptr : it->second.get();
   }
   absl::StatusOr<ucp_rkey_h> Rkey(EpState& s, const std::string& key);
+  static absl::Status CheckTransfer(const char* verb, const EpState& s, size_t len,
+                                    const RemoteRegion& remote, uint64_t offset);
   void DestroyRkeys(EpState& s);
 
   Op* NewOp(const char* verb, const EpState& s, Completion done);

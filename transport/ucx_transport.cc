@@ -54,10 +54,16 @@ class UcxEndpoint final : public Endpoint {
   void Put(const void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset,
            Completion done) override {
     core_->Submit(
-        [core = core_.get(), id = id_, local, len, remote, remote_offset](Completion d) {
-          core->DoTransfer(/*put=*/true, id, const_cast<void*>(local), len, remote, remote_offset,
-                           std::move(d));
-        },
+        [core = core_.get(), id = id_, span = PutSpan{local, len, remote_offset},
+         remote](Completion d) { core->DoPuts(id, absl::MakeConstSpan(&span, 1), remote, std::move(d)); },
+        std::move(done));
+  }
+
+  void PutMany(absl::Span<const PutSpan> spans, const RemoteRegion& remote,
+               Completion done) override {
+    core_->Submit(
+        [core = core_.get(), id = id_, spans = std::vector<PutSpan>(spans.begin(), spans.end()),
+         remote](Completion d) { core->DoPuts(id, spans, remote, std::move(d)); },
         std::move(done));
   }
 
@@ -65,7 +71,7 @@ class UcxEndpoint final : public Endpoint {
            Completion done) override {
     core_->Submit(
         [core = core_.get(), id = id_, local, len, remote, remote_offset](Completion d) {
-          core->DoTransfer(/*put=*/false, id, local, len, remote, remote_offset, std::move(d));
+          core->DoGet(id, local, len, remote, remote_offset, std::move(d));
         },
         std::move(done));
   }

@@ -190,6 +190,64 @@ TEST_P(TransportTest, ConnectingToAGarbageAddressFails) {
   EXPECT_FALSE(a_->Connect(truncated).ok());
 }
 
+// PutMany: every span lands (unaligned, of many sizes, zero-length ones skipped), the one
+// completion comes after all of them, a message sent after it arrives after its bytes, and a span
+// that leaves the region fails the whole call before anything is put.
+TEST_P(TransportTest, PutManyLandsEverySpanOrNone) {
+  constexpr size_t kSize = 1 << 20;
+  std::unique_ptr<Buffer> local = RegisterBuffer(*a_, kSize);
+  std::unique_ptr<Buffer> remote = RegisterBuffer(*b_, kSize);
+  ASSERT_NE(local, nullptr);
+  ASSERT_NE(remote, nullptr);
+  Fill(local->bytes.data(), kSize, 21);
+  std::vector<PutSpan> spans;
+  std::vector<std::pair<uint64_t, size_t>> written;  // remote offset, length
+  uint64_t at = 3;
+  for (size_t len : {size_t{1}, size_t{0}, size_t{100}, size_t{4099}, size_t{65536}, size_t{7},
+                     size_t{300000}}) {
+    const size_t from = (at * 7) % (kSize - len);
+    spans.push_back({local->bytes.data() + from, len, at});
+    written.emplace_back(at, len);
+    at += len + 13;
+  }
+  absl::Notification landed;
+  std::atomic<bool> all_there{false};
+  b_->SetMessageHandler(9, [&](std::string_view) {
+    bool ok = true;
+    for (size_t i = 0; i < spans.size(); ++i) {
+      const auto* from = static_cast<const uint8_t*>(spans[i].local);
+      ok = ok && std::memcmp(remote->bytes.data() + written[i].first, from, written[i].second) == 0;
+    }
+    all_there = ok;
+    landed.Notify();
+  });
+  Completions done(2);
+  ep_->PutMany(spans, remote->region, done.For(0));
+  ep_->Send(9, "after", done.For(1));
+  ASSERT_TRUE(done.WaitFor(2));
+  ASSERT_TRUE(done.status(0).ok()) << done.status(0);
+  ASSERT_TRUE(landed.WaitForNotificationWithTimeout(kDeadline));
+  EXPECT_TRUE(all_there);
+  // Bytes between the spans were not touched.
+  EXPECT_EQ(remote->bytes[0], 0);
+  EXPECT_EQ(remote->bytes[written[0].first + written[0].second], 0);
+
+  std::fill(remote->bytes.begin(), remote->bytes.end(), 0);
+  std::vector<PutSpan> bad = {{local->bytes.data(), 64, 0}, {local->bytes.data(), 64, kSize - 8}};
+  Completions refused(1);
+  ep_->PutMany(bad, remote->region, refused.For(0));
+  ASSERT_TRUE(refused.WaitFor(1));
+  EXPECT_EQ(refused.status(0).code(), absl::StatusCode::kOutOfRange) << refused.status(0);
+  ASSERT_TRUE(FlushSync(*ep_).ok());
+  EXPECT_EQ(std::count(remote->bytes.begin(), remote->bytes.end(), 0),
+            static_cast<int64_t>(kSize));
+
+  Completions empty(1);
+  ep_->PutMany({}, remote->region, empty.For(0));
+  ASSERT_TRUE(empty.WaitFor(1));
+  EXPECT_TRUE(empty.status(0).ok()) << empty.status(0);
+}
+
 TEST_P(TransportTest, MessagesArriveAfterThePutsIssuedBeforeThem) {
   constexpr int kRounds = 200;
   constexpr size_t kSlot = 16 << 10;
