@@ -364,7 +364,10 @@ std::vector<Case> Cases() {
                            {WeightFormat::kFp8Block, 7168, 1536},
                            {WeightFormat::kFp4Block, 2048, 4096},
                            {WeightFormat::kFp4Block, 4096, 2048},
-                           {WeightFormat::kBf16, 4096, 4096}};
+                           {WeightFormat::kBf16, 4096, 4096},
+                           // the small preset's attention linears: per-call costs dominate
+                           {WeightFormat::kFp8Block, 512, 1024},
+                           {WeightFormat::kBf16, 256, 1024}};
   for (const Matrix& m : decode) {
     for (int64_t n : {1, 8, 32}) {
       cases.push_back({"linear_" + FormatName(m.format) + "_" + std::to_string(m.rows) + "x" +
