@@ -5,6 +5,10 @@
 // The peer is a forked process that registers a receive buffer and passes its address and region
 // back over a pipe; this process then keeps `window` puts in flight, as a prefill worker pushing
 // KV into a decode worker does, and times the stream up to the flush that makes it visible.
+// ucx_perftest keeps every put outstanding until its final flush (its -O 0 default). A prefill
+// worker does not wait either: each layer's pages go out as one PutMany while the next layer
+// computes, so a 512-token step of the flash preset (43 layers, ~10 pages per layer per job)
+// has hundreds of puts in flight; the default window of 256 is that.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +26,7 @@ struct KvTransferBenchOptions {
   // Put sizes in bytes; empty: 64 KiB, 1 MiB and one KV block of the "small" preset.
   std::vector<int64_t> sizes;
   int64_t total_bytes = int64_t{1} << 30;  // streamed per (transports, size), after a warm-up
-  int window = 16;                         // puts in flight
+  int window = 256;                        // puts in flight (PutMany calls of window / 2)
   std::string perftest = "ucx_perftest";   // the reference tool, from PATH unless a path
 };
 

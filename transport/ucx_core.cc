@@ -494,8 +494,10 @@ void UcxCore::DoPuts(uint64_t ep_id, absl::Span<const PutSpan> spans, const Remo
   if (!rkey.ok()) return done(Annotate(rkey.status(), "put"));
   const ucp_request_param_t param{};  // no callback: see above
   absl::Status error;
+  size_t bytes = 0;
   for (const PutSpan& span : spans) {
     if (span.len == 0) continue;
+    bytes += span.len;
     const ucs_status_ptr_t request =
         ucp_put_nbx(s->ep, const_cast<void*>(span.local), span.len,
                     remote.address + span.remote_offset, *rkey, &param);
@@ -505,6 +507,12 @@ void UcxCore::DoPuts(uint64_t ep_id, absl::Span<const PutSpan> spans, const Remo
     }
     ++s->puts_issued;
     if (request != nullptr) ucp_request_free(request);
+  }
+  // A large batch gets its flush now rather than at the end of the loop round: the round may
+  // hold more batches, and this one's completion (its caller's cue to issue more) should not wait
+  // for them to be copied too.
+  if (bytes >= kEarlyFlushBytes && s->flush_target < s->puts_issued) {
+    IssueFlush(*s, s->puts_issued, nullptr);
   }
   if (error.ok()) return AwaitFlush(*s, s->puts_issued, std::move(done));
   // The puts already issued may still read the caller's memory: report once they are done.

@@ -44,6 +44,7 @@ inline constexpr size_t kMaxMessage = 64 << 10;    // Send payloads, sent eagerl
 inline constexpr unsigned kAmId = 0;               // the one UCX AM id (the caller's id is in the header)
 inline constexpr size_t kMaxEarlyMessages = 1024;  // per stream, waiting for an earlier one
 inline constexpr size_t kMaxRkeysPerEndpoint = 4096;
+inline constexpr size_t kEarlyFlushBytes = 256 << 10;  // a PutMany this large is flushed at once
 inline constexpr int kSpinsBeforeSleep = 64;  // idle progress rounds before arming the worker
 inline constexpr absl::Duration kCloseDeadline = absl::Seconds(10);
 inline constexpr absl::Duration kConnectDeadline = absl::Seconds(30);
