@@ -111,6 +111,15 @@ struct UcxOptions {
   // memory or cma: with "shm,cma" it must be false, and then a peer that dies may leave operations
   // to it hanging (or UCX may abort), so use it only where peers live and die together.
   bool peer_failure_detection = true;
+  // How puts travel. kRma: UCX RMA (ucp_put_nbx), one-sided where the fabric has RDMA or shared
+  // memory. kMessages: our own active messages, which the receiver's progress thread copies into
+  // its registered memory after checking the range and the region's key, acknowledged per
+  // PutMany/Flush. Over tcp UCX emulates RMA with messages of its own whose acknowledgements abort
+  // the receiving process when the sender dies mid-transfer (UCX 1.13, openucx/ucx#7274); ours
+  // fail like any other operation to a dead peer. kAuto: kMessages when peer_failure_detection is
+  // on and `transports` names no RDMA transport (rc, dc, ud, ib, mlx5, gga, …), else kRma.
+  enum class PutPath { kAuto, kRma, kMessages };
+  PutPath put_path = PutPath::kAuto;
 };
 absl::StatusOr<std::unique_ptr<Transport>> MakeUcxTransport(const UcxOptions& options);
 

@@ -5,10 +5,33 @@
 #include <unistd.h>
 
 namespace strata::transport::internal_ucx {
+namespace {
+
+// Whether a UCX_TLS list names a transport with hardware RDMA (InfiniBand / RoCE verbs, mlx5,
+// Cray GNI, rdmacm), where UCX's puts are one-sided and need no emulation.
+bool NamesRdmaTransport(const std::string& transports) {
+  for (absl::string_view name : absl::StrSplit(transports, ',', absl::SkipWhitespace())) {
+    for (absl::string_view prefix : {"rc", "dc", "ud", "ib", "mlx", "gga", "rdma", "verbs", "all"}) {
+      if (absl::StartsWith(absl::StripAsciiWhitespace(name), prefix)) return true;
+    }
+  }
+  return false;
+}
+
+// What a kPutData message carries of its region's key. As with UCX's rkeys, the key grants the
+// whole registration (owners hand out sub-ranges of it, e.g. one state slot). With tcp every
+// region's packed key is the same bytes, so there it only shows the sender was given a key of
+// this transport; the receiver still writes nothing outside its registered memory.
+uint64_t RegionKeyHash(const std::string& key) { return XXH64(key.data(), key.size(), 0); }
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<UcxCore>> UcxCore::Create(const UcxOptions& options) {
   std::shared_ptr<UcxCore> core(new UcxCore());
   core->peer_failure_detection_ = options.peer_failure_detection;
+  core->message_puts_ = options.put_path == UcxOptions::PutPath::kMessages ||
+                        (options.put_path == UcxOptions::PutPath::kAuto &&
+                         options.peer_failure_detection && !NamesRdmaTransport(options.transports));
   ucp_config_t* config = nullptr;
   ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
   if (status != UCS_OK) return UcxError("ucx: read UCX configuration", status);
@@ -286,6 +309,7 @@ absl::StatusOr<uint64_t> UcxCore::CreateEndpoint(std::string_view worker_address
     EpState& state = *s;
     eps_[id] = std::move(s);
     hello_streams_[state.stream] = id;
+    ep_streams_[state.stream] = id;
     state.connected = [handshake](absl::Status status) {
       handshake->status = std::move(status);
       handshake->done.Notify();
@@ -360,11 +384,22 @@ absl::Status UcxCore::Map(void** base, size_t len, ucp_mem_h* memh, std::string*
     }
     *packed_key = internal::Frame(FrameKind::kRemoteKey, buffer, size);
     ucp_rkey_buffer_release(buffer);
+    absl::MutexLock lock(&regions_mu_);
+    const uint64_t address = reinterpret_cast<uintptr_t>(*base);
+    regions_[address] = Region{len, RegionKeyHash(*packed_key)};
+    region_of_[*memh] = address;
     return absl::OkStatus();
   });
 }
 
 void UcxCore::Unmap(ucp_mem_h memh) {
+  {
+    absl::MutexLock lock(&regions_mu_);
+    if (auto it = region_of_.find(memh); it != region_of_.end()) {
+      regions_.erase(it->second);
+      region_of_.erase(it);
+    }
+  }
   auto unmap = [&]() -> absl::Status {
     const ucs_status_t status = ucp_mem_unmap(context_, memh);
     if (status != UCS_OK) spdlog::warn("ucx: unregister memory: {}", ucs_status_string(status));
@@ -490,23 +525,44 @@ void UcxCore::DoPuts(uint64_t ep_id, absl::Span<const PutSpan> spans, const Remo
       return done(ok);
     }
   }
-  absl::StatusOr<ucp_rkey_h> rkey = Rkey(*s, remote.key);
-  if (!rkey.ok()) return done(Annotate(rkey.status(), "put"));
-  const ucp_request_param_t param{};  // no callback: see above
   absl::Status error;
   size_t bytes = 0;
-  for (const PutSpan& span : spans) {
-    if (span.len == 0) continue;
-    bytes += span.len;
-    const ucs_status_ptr_t request =
-        ucp_put_nbx(s->ep, const_cast<void*>(span.local), span.len,
-                    remote.address + span.remote_offset, *rkey, &param);
-    if (UCS_PTR_IS_ERR(request)) {
-      error = UcxError(absl::StrCat("put to ", *s->name), UCS_PTR_STATUS(request));
-      break;
+  if (message_puts_) {
+    // As kPutData messages of at most kPutChunk bytes; the flush is a kPutFlush the peer answers.
+    if (absl::Status framed =
+            internal::Unframe(FrameKind::kRemoteKey, remote.key, "remote region key").status();
+        !framed.ok()) {
+      return done(Annotate(framed, "put"));
     }
-    ++s->puts_issued;
-    if (request != nullptr) ucp_request_free(request);
+    const uint64_t key_hash = RegionKeyHash(remote.key);
+    for (const PutSpan& span : spans) {
+      if (span.len == 0) continue;
+      for (size_t at = 0; at < span.len && error.ok(); at += kPutChunk) {
+        error = SendPutData(*s, static_cast<const char*>(span.local) + at,
+                            std::min(kPutChunk, span.len - at),
+                            remote.address + span.remote_offset + at, key_hash);
+      }
+      if (!error.ok()) break;
+      bytes += span.len;
+      ++s->puts_issued;
+    }
+  } else {
+    absl::StatusOr<ucp_rkey_h> rkey = Rkey(*s, remote.key);
+    if (!rkey.ok()) return done(Annotate(rkey.status(), "put"));
+    const ucp_request_param_t param{};  // no callback: see above
+    for (const PutSpan& span : spans) {
+      if (span.len == 0) continue;
+      bytes += span.len;
+      const ucs_status_ptr_t request =
+          ucp_put_nbx(s->ep, const_cast<void*>(span.local), span.len,
+                      remote.address + span.remote_offset, *rkey, &param);
+      if (UCS_PTR_IS_ERR(request)) {
+        error = UcxError(absl::StrCat("put to ", *s->name), UCS_PTR_STATUS(request));
+        break;
+      }
+      ++s->puts_issued;
+      if (request != nullptr) ucp_request_free(request);
+    }
   }
   // A large batch gets its flush now rather than at the end of the loop round: the round may
   // hold more batches, and this one's completion (its caller's cue to issue more) should not wait
@@ -518,6 +574,113 @@ void UcxCore::DoPuts(uint64_t ep_id, absl::Span<const PutSpan> spans, const Remo
   // The puts already issued may still read the caller's memory: report once they are done.
   AwaitFlush(*s, s->puts_issued,
              [error, done = std::move(done)](absl::Status) mutable { done(std::move(error)); });
+}
+
+absl::Status UcxCore::SendPutData(EpState& s, const void* data, size_t len, uint64_t address,
+                                  uint64_t key_hash) {
+  Op* op = NewOp("put", s, nullptr);  // the header lives in the op until UCP is done with it
+  op->put = internal::PutHeader{
+      .message = MessageHeader{.stream = s.stream, .seq = s.next_seq++, .flags = internal::kPutData},
+      .address = address,
+      .key_hash = key_hash};
+  ucp_request_param_t param = Param(op);
+  param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = UCP_AM_SEND_FLAG_EAGER;
+  const ucs_status_ptr_t request =
+      ucp_am_send_nbx(s.ep, kAmId, &op->put, sizeof(op->put), data, len, &param);
+  const ucs_status_t status = UCS_PTR_IS_ERR(request) ? UCS_PTR_STATUS(request) : UCS_OK;
+  Track(op, request);
+  return status == UCS_OK ? absl::OkStatus() : UcxError(absl::StrCat("put to ", *s.name), status);
+}
+
+// A kPutFlush: the peer answers it (kPutAck) after handling every earlier message of the stream,
+// so its answer means the puts up to `epoch` are in the peer's memory.
+void UcxCore::IssueAckRequest(EpState& s, uint64_t epoch, Completion done) {
+  const uint64_t token = ++s.last_token;
+  s.ack_requests.push_back({token, epoch, std::move(done)});
+  Op* op = NewOp("flush", s, nullptr);
+  op->header = MessageHeader{.stream = s.stream, .seq = s.next_seq++, .flags = internal::kPutFlush};
+  op->payload.assign(reinterpret_cast<const char*>(&token), sizeof(token));
+  op->then = [this, id = s.id](ucs_status_t status) {
+    if (status == UCS_OK) return;
+    EpState* s = FindEp(id);
+    if (s == nullptr) return;
+    FailOrdered(*s, s->error.ok() ? UcxError(absl::StrCat("flush to ", *s->name), status) : s->error);
+  };
+  ucp_request_param_t param = Param(op);
+  param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
+  Track(op, ucp_am_send_nbx(s.ep, kAmId, &op->header, sizeof(op->header), op->payload.data(),
+                            op->payload.size(), &param));
+}
+
+void UcxCore::Acked(EpState& s, uint64_t token, bool refused) {
+  uint64_t epoch = s.puts_flushed;
+  std::vector<Completion> flushed;
+  while (!s.ack_requests.empty() && s.ack_requests.front().token <= token) {
+    EpState::AckRequest& request = s.ack_requests.front();
+    epoch = std::max(epoch, request.epoch);
+    if (request.done != nullptr) flushed.push_back(std::move(request.done));
+    s.ack_requests.pop_front();
+  }
+  if (refused) {
+    // Some put since the last answer was refused; which one the answer does not say, so every
+    // put it covers fails.
+    const absl::Status error = absl::PermissionDeniedError(absl::StrCat(
+        "put to ", *s.name,
+        ": the peer refused bytes outside its registered memory or with a wrong region key"));
+    std::vector<EpState::AwaitingPut> failed;
+    for (size_t i = 0; i < s.awaiting.size();) {
+      if (s.awaiting[i].epoch <= epoch) {
+        failed.push_back(std::move(s.awaiting[i]));
+        s.awaiting[i] = std::move(s.awaiting.back());
+        s.awaiting.pop_back();
+      } else {
+        ++i;
+      }
+    }
+    for (EpState::AwaitingPut& put : failed) put.done(error);
+  }
+  s.puts_flushed = std::max(s.puts_flushed, epoch);
+  CompleteAwaiting(s);
+  for (Completion& done : flushed) done(absl::OkStatus());
+  PumpOrdered(s);
+}
+
+void UcxCore::AnswerAck(ucp_ep_h reply_ep, uint64_t stream, uint64_t token, bool refused) {
+  if (reply_ep == nullptr) {
+    spdlog::warn("ucx: a flush request came without a reply endpoint; not answered");
+    return;
+  }
+  Op* op = new Op;
+  op->core = this;
+  op->verb = "answer flush";
+  op->peer = std::make_shared<const std::string>("a peer putting into this process");
+  op->header = MessageHeader{.stream = stream,
+                             .seq = token,
+                             .flags = static_cast<uint16_t>(
+                                 internal::kPutAck | (refused ? internal::kPutRefused : 0))};
+  ucp_request_param_t param = Param(op);
+  param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = UCP_AM_SEND_FLAG_EAGER;
+  Track(op, ucp_am_send_nbx(reply_ep, kAmId, &op->header, sizeof(op->header), nullptr, 0, &param));
+}
+
+bool UcxCore::WriteRegion(uint64_t address, uint64_t key_hash, std::string_view bytes) {
+  absl::MutexLock lock(&regions_mu_);
+  auto it = regions_.upper_bound(address);
+  if (it != regions_.begin()) {
+    --it;
+    const uint64_t offset = address - it->first;
+    if (it->second.key_hash == key_hash && Fits(offset, bytes.size(), it->second.length)) {
+      std::memcpy(reinterpret_cast<void*>(address), bytes.data(), bytes.size());
+      return true;
+    }
+  }
+  spdlog::warn("ucx: refused a put of {} bytes at {:#x}: not inside a region registered here with "
+               "that key",
+               bytes.size(), address);
+  return false;
 }
 
 void UcxCore::AwaitFlush(EpState& s, uint64_t epoch, Completion done) {
@@ -579,7 +742,8 @@ void UcxCore::DoOrdered(uint64_t ep_id, EpState::Ordered item) {
 void UcxCore::PumpOrdered(EpState& s) {
   while (!s.ordered.empty() && s.error.ok()) {
     EpState::Ordered& head = s.ordered.front();
-    if (!head.is_flush && head.put_epoch > s.puts_flushed) {
+    // (Puts as messages travel in the stream ahead of the message: no wait.)
+    if (!message_puts_ && !head.is_flush && head.put_epoch > s.puts_flushed) {
       // The puts before this message may not have landed yet: flush them first (once).
       if (s.flush_target < head.put_epoch) IssueFlush(s, s.puts_issued, nullptr);
       return;
@@ -597,6 +761,7 @@ void UcxCore::PumpOrdered(EpState& s) {
 
 void UcxCore::IssueFlush(EpState& s, uint64_t epoch, Completion done) {
   s.flush_target = std::max(s.flush_target, epoch);
+  if (message_puts_) return IssueAckRequest(s, epoch, std::move(done));
   Op* op = NewOp("flush", s, std::move(done));
   op->then = [this, id = s.id, epoch](ucs_status_t status) {
     EpState* s = FindEp(id);
@@ -632,7 +797,12 @@ void UcxCore::FailOrdered(EpState& s, const absl::Status& status) {
   items.swap(s.ordered);
   std::vector<EpState::AwaitingPut> puts;
   puts.swap(s.awaiting);
+  std::deque<EpState::AckRequest> requests;
+  requests.swap(s.ack_requests);
   for (EpState::AwaitingPut& put : puts) put.done(status);
+  for (EpState::AckRequest& request : requests) {
+    if (request.done != nullptr) request.done(status);
+  }
   for (EpState::Ordered& item : items) item.done(status);
 }
 
@@ -733,7 +903,10 @@ void UcxCore::MaybeErase(EpState& s) {
 void UcxCore::EraseReleased() {
   std::vector<uint64_t> ids;
   ids.swap(erase_eps_);
-  for (uint64_t id : ids) eps_.erase(id);
+  for (uint64_t id : ids) {
+    if (EpState* s = FindEp(id); s != nullptr) ep_streams_.erase(s->stream);
+    eps_.erase(id);
+  }
 }
 
 // ---- receiving ----------------------------------------------------------------------------------
@@ -741,6 +914,16 @@ void UcxCore::EraseReleased() {
 ucs_status_t UcxCore::OnMessage(void* arg, const void* header, size_t header_length, void* data,
                                 size_t length, const ucp_am_recv_param_t* param) {
   UcxCore* core = static_cast<UcxCore*>(arg);
+  const std::string_view payload(static_cast<const char*>(data), length);
+  if (header_length == sizeof(internal::PutHeader) &&
+      (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) == 0) {
+    internal::PutHeader put;
+    std::memcpy(&put, header, sizeof(put));
+    if ((put.message.flags & internal::kPutData) != 0) {
+      core->Receive(put.message, payload, Extra{.address = put.address, .key_hash = put.key_hash});
+      return UCS_OK;
+    }
+  }
   if (header_length != sizeof(MessageHeader) ||
       (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
     spdlog::warn(
@@ -763,7 +946,17 @@ ucs_status_t UcxCore::OnMessage(void* arg, const void* header, size_t header_len
     }
     return UCS_OK;
   }
-  core->Receive(h, std::string_view(static_cast<const char*>(data), length));
+  if ((h.flags & internal::kPutAck) != 0) {
+    auto it = core->ep_streams_.find(h.stream);
+    if (it != core->ep_streams_.end()) {
+      if (EpState* s = core->FindEp(it->second); s != nullptr)
+        core->Acked(*s, h.seq, (h.flags & internal::kPutRefused) != 0);
+    }
+    return UCS_OK;
+  }
+  Extra extra;
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0) extra.reply_ep = param->reply_ep;
+  core->Receive(h, payload, extra);
   return UCS_OK;
 }
 
@@ -779,7 +972,7 @@ void UcxCore::AnswerHello(const MessageHeader& hello, ucp_ep_h reply_ep) {
   Track(op, ucp_am_send_nbx(reply_ep, kAmId, &op->header, sizeof(op->header), nullptr, 0, &param));
 }
 
-void UcxCore::Receive(const MessageHeader& header, std::string_view payload) {
+void UcxCore::Receive(const MessageHeader& header, std::string_view payload, const Extra& extra) {
   Stream& stream = streams_[header.stream];
   if (header.seq < stream.next) {
     spdlog::warn("ucx: dropped a repeated message (stream {:x}, seq {})", header.stream,
@@ -788,17 +981,17 @@ void UcxCore::Receive(const MessageHeader& header, std::string_view payload) {
   }
   if (header.seq > stream.next) {
     if (stream.early.size() < kMaxEarlyMessages) {
-      stream.early.emplace(header.seq, std::make_pair(header, std::string(payload)));
+      stream.early.emplace(header.seq, Early{header, extra, std::string(payload)});
       return;
     }
     // The missing message is not coming (its sender failed mid-stream): go on without it.
     spdlog::error("ucx: stream {:x} lost messages {}..{}; delivering the later ones", header.stream,
                   stream.next, stream.early.begin()->first - 1);
     stream.next = stream.early.begin()->first;
-    stream.early.emplace(header.seq, std::make_pair(header, std::string(payload)));
+    stream.early.emplace(header.seq, Early{header, extra, std::string(payload)});
   } else {
     ++stream.next;
-    Dispatch(header, payload);
+    Dispatch(header, payload, extra);
   }
   // `stream` may be gone after Dispatch (end of stream); look it up again.
   for (;;) {
@@ -808,13 +1001,31 @@ void UcxCore::Receive(const MessageHeader& header, std::string_view payload) {
       break;
     auto node = it->second.early.extract(it->second.early.begin());
     ++it->second.next;
-    Dispatch(node.mapped().first, node.mapped().second);
+    const Early& early = node.mapped();
+    Dispatch(early.header, early.payload, early.extra);
   }
 }
 
-void UcxCore::Dispatch(const MessageHeader& header, std::string_view payload) {
+void UcxCore::Dispatch(const MessageHeader& header, std::string_view payload, const Extra& extra) {
   if ((header.flags & internal::kEndOfStream) != 0) {
     streams_.erase(header.stream);
+    return;
+  }
+  if ((header.flags & internal::kPutData) != 0) {
+    if (!WriteRegion(extra.address, extra.key_hash, payload)) streams_[header.stream].refused = true;
+    return;
+  }
+  if ((header.flags & internal::kPutFlush) != 0) {
+    uint64_t token = 0;
+    if (payload.size() != sizeof(token)) {
+      spdlog::warn("ucx: dropped a malformed flush request ({} bytes)", payload.size());
+      return;
+    }
+    std::memcpy(&token, payload.data(), sizeof(token));
+    Stream& stream = streams_[header.stream];
+    const bool refused = stream.refused;
+    stream.refused = false;
+    AnswerAck(extra.reply_ep, header.stream, token, refused);
     return;
   }
   std::shared_ptr<Transport::MessageHandler> handler;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <string_view>
 #include <memory>
 #include <string>
 #include <thread>
@@ -17,7 +18,10 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -45,6 +49,7 @@ inline constexpr unsigned kAmId = 0;               // the one UCX AM id (the cal
 inline constexpr size_t kMaxEarlyMessages = 1024;  // per stream, waiting for an earlier one
 inline constexpr size_t kMaxRkeysPerEndpoint = 4096;
 inline constexpr size_t kEarlyFlushBytes = 256 << 10;  // a PutMany this large is flushed at once
+inline constexpr size_t kPutChunk = 64 << 10;          // bytes per kPutData message
 inline constexpr int kSpinsBeforeSleep = 64;  // idle progress rounds before arming the worker
 inline constexpr absl::Duration kCloseDeadline = absl::Seconds(10);
 inline constexpr absl::Duration kConnectDeadline = absl::Seconds(30);
@@ -84,6 +89,14 @@ struct EpState {
     Completion done;
   };
   std::vector<AwaitingPut> awaiting;
+  // Puts as messages: the kPutFlush messages sent and not yet answered, in token order.
+  struct AckRequest {
+    uint64_t token;
+    uint64_t epoch;   // the puts it covers
+    Completion done;  // a Flush's, or empty
+  };
+  std::deque<AckRequest> ack_requests;
+  uint64_t last_token = 0;
   uint64_t stream = 0;  // random; names this endpoint's message stream at the receiver
   uint64_t next_seq = 0;
   Completion connected;    // Connect's handshake, until the peer's reply arrives
@@ -99,6 +112,7 @@ struct Op {
   Completion done;                         // may be empty (internal operations)
   std::function<void(ucs_status_t)> then;  // progress-thread continuation, before `done`
   MessageHeader header;
+  internal::PutHeader put;  // a kPutData message's header
   std::string payload;
   bool finished = false;
 };
@@ -155,6 +169,14 @@ class UcxCore {
     return it == eps_.end() ? nullptr : it->second.get();
   }
   absl::StatusOr<ucp_rkey_h> Rkey(EpState& s, const std::string& key);
+  absl::Status SendPutData(EpState& s, const void* data, size_t len, uint64_t address,
+                           uint64_t key_hash);
+  void IssueAckRequest(EpState& s, uint64_t epoch, Completion done);
+  void Acked(EpState& s, uint64_t token, bool refused);
+  void AnswerAck(ucp_ep_h reply_ep, uint64_t stream, uint64_t token, bool refused);
+  // Copies a kPutData payload into registered memory; false (nothing written) if the range is
+  // not inside one registered region or the key does not match it.
+  bool WriteRegion(uint64_t address, uint64_t key_hash, std::string_view bytes);
   static absl::Status CheckTransfer(const char* verb, const EpState& s, size_t len,
                                     const RemoteRegion& remote, uint64_t offset);
   void DestroyRkeys(EpState& s);
@@ -186,8 +208,14 @@ class UcxCore {
 
   static ucs_status_t OnMessage(void* arg, const void* header, size_t header_length, void* data,
                                 size_t length, const ucp_am_recv_param_t* param);
-  void Receive(const MessageHeader& header, std::string_view payload);
-  void Dispatch(const MessageHeader& header, std::string_view payload);
+  // What travels with a message besides its header and payload.
+  struct Extra {
+    uint64_t address = 0;  // kPutData: PutHeader::address and key_hash
+    uint64_t key_hash = 0;
+    ucp_ep_h reply_ep = nullptr;  // kPutFlush: where the kPutAck goes
+  };
+  void Receive(const MessageHeader& header, std::string_view payload, const Extra& extra);
+  void Dispatch(const MessageHeader& header, std::string_view payload, const Extra& extra);
 
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;  // destroyed by Teardown, on the progress thread
@@ -195,6 +223,7 @@ class UcxCore {
   int wake_fd_ = -1;
   std::string address_;
   bool peer_failure_detection_ = true;
+  bool message_puts_ = false;  // UcxOptions::put_path resolved
   std::thread thread_;
 
   absl::Mutex mu_;
@@ -205,14 +234,29 @@ class UcxCore {
   bool worker_gone_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex context_mu_;  // ucp_mem_unmap after the progress thread is gone
 
+  // Registered regions, for puts as messages: address → (length, XXH64 of the framed key).
+  struct Region {
+    uint64_t length;
+    uint64_t key_hash;
+  };
+  absl::Mutex regions_mu_;
+  std::map<uint64_t, Region> regions_ ABSL_GUARDED_BY(regions_mu_);
+  absl::flat_hash_map<ucp_mem_h, uint64_t> region_of_ ABSL_GUARDED_BY(regions_mu_);
+
   absl::Mutex handlers_mu_;
   absl::flat_hash_map<uint16_t, std::shared_ptr<Transport::MessageHandler>> handlers_
       ABSL_GUARDED_BY(handlers_mu_);
 
   // Progress thread only.
+  struct Early {
+    MessageHeader header;
+    Extra extra;
+    std::string payload;
+  };
   struct Stream {
     uint64_t next = 0;
-    std::map<uint64_t, std::pair<MessageHeader, std::string>> early;
+    std::map<uint64_t, Early> early;
+    bool refused = false;  // a kPutData was refused since the last kPutAck
   };
   absl::flat_hash_map<uint64_t, std::unique_ptr<EpState>> eps_;
   absl::flat_hash_set<Op*> ops_;  // with a UCP request in flight
@@ -221,6 +265,7 @@ class UcxCore {
   std::vector<uint64_t> want_flush_;  // endpoints with puts awaiting a flush
   absl::flat_hash_map<uint64_t, Stream> streams_;
   absl::flat_hash_map<uint64_t, uint64_t> hello_streams_;  // stream → endpoint, handshake pending
+  absl::flat_hash_map<uint64_t, uint64_t> ep_streams_;     // stream → endpoint, for kPutAck
   uint64_t next_ep_id_ = 1;
   bool tearing_down_ = false;
   absl::BitGen bitgen_;

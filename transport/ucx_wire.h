@@ -42,5 +42,21 @@ static_assert(sizeof(MessageHeader) == 24);
 inline constexpr uint16_t kEndOfStream = 1;  // the sending endpoint closed; forget its stream
 inline constexpr uint16_t kHello = 2;        // Connect's handshake (not part of the stream)
 inline constexpr uint16_t kHelloReply = 4;
+// Puts as messages (UcxOptions::put_path): kPutData carries bytes for the receiver's registered
+// memory (header: PutHeader); kPutFlush (payload: a 64-bit token) asks for a kPutAck once every
+// earlier message of the stream has been handled; kPutAck (not part of a stream; seq: the token)
+// answers it, with kPutRefused if a kPutData since the last answer was refused.
+inline constexpr uint16_t kPutData = 8;
+inline constexpr uint16_t kPutFlush = 16;
+inline constexpr uint16_t kPutAck = 32;
+inline constexpr uint16_t kPutRefused = 64;
+
+// The header of a kPutData message.
+struct PutHeader {
+  MessageHeader message;
+  uint64_t address = 0;   // where the payload goes in the receiver's memory
+  uint64_t key_hash = 0;  // XXH64 of the region's framed key (ucx_core.cc: RegionKeyHash)
+};
+static_assert(sizeof(PutHeader) == 40);
 
 }  // namespace strata::transport::internal

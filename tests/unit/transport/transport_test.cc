@@ -28,6 +28,8 @@ struct Kind {
   std::string label;
   bool ucx = false;
   std::string tls;  // UcxOptions::transports
+  UcxOptions::PutPath put_path = UcxOptions::PutPath::kAuto;
+  bool message_puts = false;  // what put_path resolves to
 };
 
 std::string KindName(const ::testing::TestParamInfo<Kind>& info) { return info.param.label; }
@@ -43,7 +45,8 @@ class TransportTest : public ::testing::TestWithParam<Kind> {
  protected:
   std::unique_ptr<Transport> Make() {
     if (!GetParam().ucx) return MakeInProcTransport(fabric_);
-    absl::StatusOr<std::unique_ptr<Transport>> t = MakeUcxTransport({.transports = GetParam().tls});
+    absl::StatusOr<std::unique_ptr<Transport>> t =
+        MakeUcxTransport({.transports = GetParam().tls, .put_path = GetParam().put_path});
     EXPECT_TRUE(t.ok()) << t.status();
     return t.ok() ? *std::move(t) : nullptr;
   }
@@ -248,6 +251,35 @@ TEST_P(TransportTest, PutManyLandsEverySpanOrNone) {
   EXPECT_TRUE(empty.status(0).ok()) << empty.status(0);
 }
 
+// Puts as messages: the receiver writes only inside memory it registered (a range within one
+// registration, with that registration's key); anything else is refused (PermissionDenied) and
+// nothing is written. (With RMA the rkey itself confines the put.)
+TEST_P(TransportTest, MessagePutsOutsideRegisteredMemoryAreRefused) {
+  if (!GetParam().message_puts) GTEST_SKIP() << "puts travel as UCX RMA here";
+  std::unique_ptr<Buffer> local = RegisterBuffer(*a_, 4096);
+  std::unique_ptr<Buffer> remote = RegisterBuffer(*b_, 4096);
+  ASSERT_NE(local, nullptr);
+  ASSERT_NE(remote, nullptr);
+  Fill(local->bytes.data(), 4096, 3);
+  // A region that claims more than was registered: a put across the registration's end.
+  RemoteRegion longer = remote->region;
+  longer.length = 1 << 20;
+  absl::Status status = PutSync(*ep_, local->bytes.data(), 64, longer, 4096 - 32);
+  EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied) << status;
+  // One that starts past it.
+  status = PutSync(*ep_, local->bytes.data(), 64, longer, 8192);
+  EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied) << status;
+  EXPECT_EQ(std::count(remote->bytes.begin(), remote->bytes.end(), 0), 4096);
+  // The endpoint still works after refusing, sub-ranges of a registration included.
+  RemoteRegion tail = remote->region;
+  tail.address += 1024;
+  tail.length -= 1024;
+  EXPECT_TRUE(PutSync(*ep_, local->bytes.data(), 3072, tail, 0).ok());
+  EXPECT_TRUE(PutSync(*ep_, local->bytes.data(), 1024, remote->region, 0).ok());
+  EXPECT_EQ(FirstMismatch(remote->bytes.data(), 1024, 3), 1024u);
+  EXPECT_EQ(FirstMismatch(remote->bytes.data() + 1024, 3072, 3), 3072u);
+}
+
 TEST_P(TransportTest, MessagesArriveAfterThePutsIssuedBeforeThem) {
   constexpr int kRounds = 200;
   constexpr size_t kSlot = 16 << 10;
@@ -407,8 +439,12 @@ TEST_P(TransportTest, PeerGoneFailsOperations) {
 
 INSTANTIATE_TEST_SUITE_P(All, TransportTest,
                          ::testing::Values(Kind{.label = "inproc"},
-                                           Kind{.label = "ucx_default", .ucx = true},
-                                           Kind{.label = "ucx_tcp", .ucx = true, .tls = "tcp"}),
+                                           Kind{.label = "ucx_default", .ucx = true,
+                                                .message_puts = true},
+                                           Kind{.label = "ucx_tcp", .ucx = true, .tls = "tcp",
+                                                .message_puts = true},
+                                           Kind{.label = "ucx_tcp_rma", .ucx = true, .tls = "tcp",
+                                                .put_path = UcxOptions::PutPath::kRma}),
                          KindName);
 
 }  // namespace

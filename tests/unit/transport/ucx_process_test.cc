@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/unit/transport/test_util.h"
@@ -94,6 +95,33 @@ TEST(UcxChildProcess, Serve) {
         absl::SimpleAtoi(words[2], &len) && len <= buffer.size()) {
       const size_t bad = FirstMismatch(buffer.data(), len, seed);
       ASSERT_TRUE(WriteFrame(out, bad == len ? "ok" : absl::StrCat("mismatch at ", bad)));
+    } else if (words.size() == 1 && words[0] == "stream") {
+      // Puts into the parent's region (its address, "address length", key follow) until killed.
+      std::string address, where;
+      RemoteRegion target;
+      ASSERT_TRUE(ReadFrame(in, &address, absl::Now() + kDeadline));
+      ASSERT_TRUE(ReadFrame(in, &where, absl::Now() + kDeadline));
+      ASSERT_TRUE(ReadFrame(in, &target.key, absl::Now() + kDeadline));
+      std::vector<std::string> fields = absl::StrSplit(where, ' ');
+      ASSERT_EQ(fields.size(), 2u);
+      ASSERT_TRUE(absl::SimpleAtoi(fields[0], &target.address) &&
+                  absl::SimpleAtoi(fields[1], &target.length));
+      absl::StatusOr<std::shared_ptr<Endpoint>> ep = (*transport)->Connect(address);
+      ASSERT_TRUE(ep.ok()) << ep.status();
+      std::vector<PutSpan> spans;
+      for (uint64_t at = 0; at + (64 << 10) <= target.length; at += 64 << 10) {
+        spans.push_back({buffer.data() + at % buffer.size(), 64 << 10, at});
+      }
+      bool told = false;
+      for (;;) {
+        absl::Notification done;
+        (*ep)->PutMany(spans, target, [&](absl::Status) { done.Notify(); });
+        done.WaitForNotification();
+        if (!told) {
+          ASSERT_TRUE(WriteFrame(out, "streaming"));
+          told = true;
+        }
+      }
     } else {
       break;
     }
@@ -199,6 +227,55 @@ TEST_P(UcxTwoProcessesTest, PutsLandInTheChildAndAKilledChildFailsTheNextOperati
   EXPECT_FALSE(after->status(0).ok() && after->status(1).ok());
   // The endpoint stays failed; later operations fail at once.
   EXPECT_FALSE(PutSync(**ep, local.data(), 16, child_region_, 0).ok());
+}
+
+// The other direction: the child streams puts into this process's memory and is killed in the
+// middle (openucx/ucx#7274: UCX 1.13 can abort a receiver whose tcp put peer dies mid-transfer).
+// This process must keep serving: its transport still connects and puts.
+TEST_P(UcxTwoProcessesTest, ASenderKilledMidStreamLeavesTheReceiverServing) {
+  ASSERT_NO_FATAL_FAILURE(StartChild());
+  absl::StatusOr<std::unique_ptr<Transport>> transport =
+      MakeUcxTransport({.transports = GetParam()});
+  ASSERT_TRUE(transport.ok()) << transport.status();
+  constexpr size_t kTarget = 64 << 20;
+  absl::StatusOr<std::unique_ptr<MemoryRegistration>> target = (*transport)->Allocate(kTarget);
+  ASSERT_TRUE(target.ok()) << target.status();
+  const RemoteRegion region = (*target)->Describe();
+  ASSERT_TRUE(WriteFrame(to_child_, "stream"));
+  ASSERT_TRUE(WriteFrame(to_child_, (*transport)->address()));
+  ASSERT_TRUE(WriteFrame(to_child_, absl::StrCat(region.address, " ", region.length)));
+  ASSERT_TRUE(WriteFrame(to_child_, region.key));
+  std::string word;
+  ASSERT_TRUE(ReadFrame(from_child_, &word, absl::Now() + kDeadline));
+  ASSERT_EQ(word, "streaming");
+  for (int round = 0; round < 5; ++round) {
+    absl::SleepFor(absl::Milliseconds(37 * round));  // land the kill at different points
+    if (round == 4) {
+      ASSERT_EQ(kill(pid_, SIGKILL), 0);
+      ASSERT_EQ(waitpid(pid_, nullptr, 0), pid_);
+      pid_ = -1;
+    }
+  }
+  absl::SleepFor(absl::Seconds(1));  // UCX notices the dead connection meanwhile
+
+  // Still serving: a fresh peer connects and puts into this process, and this process puts into
+  // the fresh peer.
+  absl::StatusOr<std::unique_ptr<Transport>> fresh = MakeUcxTransport({.transports = GetParam()});
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  std::vector<uint8_t> bytes(4096);
+  Fill(bytes.data(), bytes.size(), 5);
+  auto fresh_reg = (*fresh)->Register(bytes.data(), bytes.size());
+  ASSERT_TRUE(fresh_reg.ok()) << fresh_reg.status();
+  absl::StatusOr<std::shared_ptr<Endpoint>> in = (*fresh)->Connect((*transport)->address());
+  ASSERT_TRUE(in.ok()) << in.status();
+  ASSERT_TRUE(PutSync(**in, bytes.data(), bytes.size(), region, 0).ok());
+  EXPECT_EQ(FirstMismatch(reinterpret_cast<const uint8_t*>(region.address), bytes.size(), 5),
+            bytes.size());
+  absl::StatusOr<std::shared_ptr<Endpoint>> out = (*transport)->Connect((*fresh)->address());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(PutSync(**out, reinterpret_cast<const void*>(region.address), 64,
+                      (*fresh_reg)->Describe(), 0)
+                  .ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(Ucx, UcxTwoProcessesTest, ::testing::Values("", "tcp"),
