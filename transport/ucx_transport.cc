@@ -13,6 +13,15 @@
 //     messages in seq order (buffering the few that arrive early) and forgets a stream when its
 //     endpoint is closed cleanly. All messages use one UCX AM id; the caller's id is in the header.
 //
+// Puts take one of two paths (UcxOptions::put_path). RMA: ucp_put_nbx, each request released at
+// once; the completion is the ep flush that covers the put (one per loop round, or at once for a
+// PutMany of kEarlyFlushBytes or more). Messages (where UCX would emulate RMA over tcp): kPutData
+// active messages in the endpoint's ordered stream, which the receiver copies into its registered
+// memory after checking the range (refusing anything else), and a kPutFlush the receiver answers
+// with a kPutAck once it has handled everything before it; that answer completes the puts. UCX
+// 1.13's own emulation aborts a receiver whose sender dies mid-transfer (openucx/ucx#7274), and
+// needs an acknowledgement per put; ours needs one per PutMany.
+//
 // Failure: endpoints are created with UCP_ERR_HANDLING_MODE_PEER (unless the options turn peer
 // failure detection off), so a vanished peer fails the operations on its endpoint (UCX completes
 // them with an error) instead of hanging them; the endpoint is then force-closed and every later
