@@ -8,14 +8,32 @@ namespace strata::transport::internal_ucx {
 namespace {
 
 // Whether a UCX_TLS list names a transport with hardware RDMA (InfiniBand / RoCE verbs, mlx5,
-// Cray GNI, rdmacm), where UCX's puts are one-sided and need no emulation.
+// Cray uGNI, rdmacm), where UCX's puts are one-sided and need no emulation.
 bool NamesRdmaTransport(const std::string& transports) {
   for (absl::string_view name : absl::StrSplit(transports, ',', absl::SkipWhitespace())) {
-    for (absl::string_view prefix : {"rc", "dc", "ud", "ib", "mlx", "gga", "rdma", "verbs", "all"}) {
+    for (absl::string_view prefix : {"rc", "dc", "ud", "ib", "mlx", "ugni", "gga", "rdma", "verbs"}) {
       if (absl::StartsWith(absl::StripAsciiWhitespace(name), prefix)) return true;
     }
   }
   return false;
+}
+
+// Whether UCX may pick hardware RDMA for puts here: the host has an RDMA device and the transport
+// list (the options', else $UCX_TLS) leaves UCX free to use it ("", "all", an exclusion list
+// "^…" that does not exclude every RDMA transport) or names one.
+bool RdmaPossible(const std::string& option) {
+  std::string tls = option;
+  if (tls.empty()) {
+    const char* env = std::getenv("UCX_TLS");
+    tls = env != nullptr ? env : "";
+  }
+  std::error_code error;
+  const bool device = std::filesystem::exists("/sys/class/infiniband", error) &&
+                      !std::filesystem::is_empty("/sys/class/infiniband", error);
+  if (!device) return false;
+  if (tls.empty() || tls == "all") return true;
+  if (tls[0] == '^') return !NamesRdmaTransport(tls.substr(1));
+  return NamesRdmaTransport(tls);
 }
 
 // What a kPutData message carries of its region's key. As with UCX's rkeys, the key grants the
@@ -31,7 +49,7 @@ absl::StatusOr<std::shared_ptr<UcxCore>> UcxCore::Create(const UcxOptions& optio
   core->peer_failure_detection_ = options.peer_failure_detection;
   core->message_puts_ = options.put_path == UcxOptions::PutPath::kMessages ||
                         (options.put_path == UcxOptions::PutPath::kAuto &&
-                         options.peer_failure_detection && !NamesRdmaTransport(options.transports));
+                         options.peer_failure_detection && !RdmaPossible(options.transports));
   ucp_config_t* config = nullptr;
   ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
   if (status != UCS_OK) return UcxError("ucx: read UCX configuration", status);
@@ -385,9 +403,8 @@ absl::Status UcxCore::Map(void** base, size_t len, ucp_mem_h* memh, std::string*
     *packed_key = internal::Frame(FrameKind::kRemoteKey, buffer, size);
     ucp_rkey_buffer_release(buffer);
     absl::MutexLock lock(&regions_mu_);
-    const uint64_t address = reinterpret_cast<uintptr_t>(*base);
-    regions_[address] = Region{len, RegionKeyHash(*packed_key)};
-    region_of_[*memh] = address;
+    regions_.push_back(
+        Region{reinterpret_cast<uintptr_t>(*base), len, RegionKeyHash(*packed_key), *memh});
     return absl::OkStatus();
   });
 }
@@ -395,10 +412,7 @@ absl::Status UcxCore::Map(void** base, size_t len, ucp_mem_h* memh, std::string*
 void UcxCore::Unmap(ucp_mem_h memh) {
   {
     absl::MutexLock lock(&regions_mu_);
-    if (auto it = region_of_.find(memh); it != region_of_.end()) {
-      regions_.erase(it->second);
-      region_of_.erase(it);
-    }
+    std::erase_if(regions_, [memh](const Region& r) { return r.memh == memh; });
   }
   auto unmap = [&]() -> absl::Status {
     const ucs_status_t status = ucp_mem_unmap(context_, memh);
@@ -586,11 +600,24 @@ absl::Status UcxCore::SendPutData(EpState& s, const void* data, size_t len, uint
   ucp_request_param_t param = Param(op);
   param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = UCP_AM_SEND_FLAG_EAGER;
+  op->then = FailEndpointOnError(s, "put");
   const ucs_status_ptr_t request =
       ucp_am_send_nbx(s.ep, kAmId, &op->put, sizeof(op->put), data, len, &param);
   const ucs_status_t status = UCS_PTR_IS_ERR(request) ? UCS_PTR_STATUS(request) : UCS_OK;
   Track(op, request);
   return status == UCS_OK ? absl::OkStatus() : UcxError(absl::StrCat("put to ", *s.name), status);
+}
+
+// A message of the endpoint's stream that fails leaves a hole the receiver would wait behind for
+// ever: the endpoint fails (its pending operations with it), as when the peer vanishes.
+std::function<void(ucs_status_t)> UcxCore::FailEndpointOnError(const EpState& s, const char* verb) {
+  return [this, id = s.id, verb](ucs_status_t status) {
+    if (status == UCS_OK) return;
+    EpState* s = FindEp(id);
+    if (s == nullptr) return;
+    if (s->error.ok()) s->error = UcxError(absl::StrCat(verb, " to ", *s->name), status);
+    failed_eps_.push_back(id);
+  };
 }
 
 // A kPutFlush: the peer answers it (kPutAck) after handling every earlier message of the stream,
@@ -601,12 +628,7 @@ void UcxCore::IssueAckRequest(EpState& s, uint64_t epoch, Completion done) {
   Op* op = NewOp("flush", s, nullptr);
   op->header = MessageHeader{.stream = s.stream, .seq = s.next_seq++, .flags = internal::kPutFlush};
   op->payload.assign(reinterpret_cast<const char*>(&token), sizeof(token));
-  op->then = [this, id = s.id](ucs_status_t status) {
-    if (status == UCS_OK) return;
-    EpState* s = FindEp(id);
-    if (s == nullptr) return;
-    FailOrdered(*s, s->error.ok() ? UcxError(absl::StrCat("flush to ", *s->name), status) : s->error);
-  };
+  op->then = FailEndpointOnError(s, "flush");
   ucp_request_param_t param = Param(op);
   param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
@@ -614,7 +636,11 @@ void UcxCore::IssueAckRequest(EpState& s, uint64_t epoch, Completion done) {
                             op->payload.size(), &param));
 }
 
-void UcxCore::Acked(EpState& s, uint64_t token, bool refused) {
+void UcxCore::Acked(EpState& s, uint64_t token, uint32_t refusals) {
+  // The count is cumulative per stream, so an answer that overtook an earlier one still carries
+  // the earlier one's refusals (and the earlier one, arriving late, covers nothing new).
+  const bool refused = refusals != s.refusals_seen;
+  s.refusals_seen = std::max(s.refusals_seen, refusals);
   uint64_t epoch = s.puts_flushed;
   std::vector<Completion> flushed;
   while (!s.ack_requests.empty() && s.ack_requests.front().token <= token) {
@@ -647,7 +673,7 @@ void UcxCore::Acked(EpState& s, uint64_t token, bool refused) {
   PumpOrdered(s);
 }
 
-void UcxCore::AnswerAck(ucp_ep_h reply_ep, uint64_t stream, uint64_t token, bool refused) {
+void UcxCore::AnswerAck(ucp_ep_h reply_ep, uint64_t stream, uint64_t token, uint32_t refusals) {
   if (reply_ep == nullptr) {
     spdlog::warn("ucx: a flush request came without a reply endpoint; not answered");
     return;
@@ -656,10 +682,8 @@ void UcxCore::AnswerAck(ucp_ep_h reply_ep, uint64_t stream, uint64_t token, bool
   op->core = this;
   op->verb = "answer flush";
   op->peer = std::make_shared<const std::string>("a peer putting into this process");
-  op->header = MessageHeader{.stream = stream,
-                             .seq = token,
-                             .flags = static_cast<uint16_t>(
-                                 internal::kPutAck | (refused ? internal::kPutRefused : 0))};
+  op->header = MessageHeader{
+      .stream = stream, .seq = token, .flags = internal::kPutAck, .reserved = refusals};
   ucp_request_param_t param = Param(op);
   param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = UCP_AM_SEND_FLAG_EAGER;
@@ -668,11 +692,9 @@ void UcxCore::AnswerAck(ucp_ep_h reply_ep, uint64_t stream, uint64_t token, bool
 
 bool UcxCore::WriteRegion(uint64_t address, uint64_t key_hash, std::string_view bytes) {
   absl::MutexLock lock(&regions_mu_);
-  auto it = regions_.upper_bound(address);
-  if (it != regions_.begin()) {
-    --it;
-    const uint64_t offset = address - it->first;
-    if (it->second.key_hash == key_hash && Fits(offset, bytes.size(), it->second.length)) {
+  for (const Region& region : regions_) {  // a process registers a handful of regions
+    if (address >= region.address && region.key_hash == key_hash &&
+        Fits(address - region.address, bytes.size(), region.length)) {
       std::memcpy(reinterpret_cast<void*>(address), bytes.data(), bytes.size());
       return true;
     }
@@ -704,6 +726,7 @@ bool UcxCore::IssueWantedFlushes() {
     EpState* s = FindEp(id);
     if (s == nullptr || !s->flush_wanted) continue;
     s->flush_wanted = false;
+    if (s->closing) continue;  // the close flushes (RMA) or waited for the answers (messages)
     if (s->ep != nullptr && s->error.ok() && s->flush_target < s->puts_issued)
       IssueFlush(*s, s->puts_issued, nullptr);
   }
@@ -784,6 +807,7 @@ void UcxCore::IssueMessage(EpState& s, uint16_t id, uint16_t flags, std::string 
   Op* op = NewOp("send", s, std::move(done));
   op->header = MessageHeader{.stream = s.stream, .seq = s.next_seq++, .id = id, .flags = flags};
   op->payload = std::move(payload);
+  op->then = FailEndpointOnError(s, "send");
   ucp_request_param_t param = Param(op);
   param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = UCP_AM_SEND_FLAG_EAGER;
@@ -841,6 +865,12 @@ void UcxCore::ReleaseEndpoint(uint64_t ep_id) {
 void UcxCore::MaybeClose(EpState& s) {
   if (!s.user_gone || !s.ordered.empty() || s.closing || tearing_down_) return;
   if (s.ep == nullptr) return MaybeErase(s);
+  // Puts as messages are done only when the peer answers: close after that (the close's own
+  // flush would only say the messages left).
+  if (message_puts_ && s.error.ok() && (!s.awaiting.empty() || !s.ack_requests.empty())) {
+    if (s.flush_target < s.puts_issued) IssueFlush(s, s.puts_issued, nullptr);
+    return;
+  }
   if (s.error.ok() && s.next_seq > 0)
     IssueMessage(s, 0, internal::kEndOfStream, std::string(), nullptr);
   StartClose(s, /*force=*/!s.error.ok());
@@ -856,7 +886,7 @@ void UcxCore::StartClose(EpState& s, bool force) {
   op->then = [this, id = s.id, epoch = s.puts_issued](ucs_status_t status) {
     EpState* s = FindEp(id);
     if (s == nullptr || s->ep == nullptr) return;
-    if (status == UCS_OK) {
+    if (status == UCS_OK && !message_puts_) {  // RMA: the flush means the puts landed
       s->puts_flushed = std::max(s->puts_flushed, epoch);
       CompleteAwaiting(*s);
     }
@@ -950,7 +980,7 @@ ucs_status_t UcxCore::OnMessage(void* arg, const void* header, size_t header_len
     auto it = core->ep_streams_.find(h.stream);
     if (it != core->ep_streams_.end()) {
       if (EpState* s = core->FindEp(it->second); s != nullptr)
-        core->Acked(*s, h.seq, (h.flags & internal::kPutRefused) != 0);
+        core->Acked(*s, h.seq, h.reserved);
     }
     return UCS_OK;
   }
@@ -987,6 +1017,7 @@ void UcxCore::Receive(const MessageHeader& header, std::string_view payload, con
     // The missing message is not coming (its sender failed mid-stream): go on without it.
     spdlog::error("ucx: stream {:x} lost messages {}..{}; delivering the later ones", header.stream,
                   stream.next, stream.early.begin()->first - 1);
+    ++stream.refusals;  // a lost message may have carried put data: the next answer says so
     stream.next = stream.early.begin()->first;
     stream.early.emplace(header.seq, Early{header, extra, std::string(payload)});
   } else {
@@ -1012,7 +1043,7 @@ void UcxCore::Dispatch(const MessageHeader& header, std::string_view payload, co
     return;
   }
   if ((header.flags & internal::kPutData) != 0) {
-    if (!WriteRegion(extra.address, extra.key_hash, payload)) streams_[header.stream].refused = true;
+    if (!WriteRegion(extra.address, extra.key_hash, payload)) ++streams_[header.stream].refusals;
     return;
   }
   if ((header.flags & internal::kPutFlush) != 0) {
@@ -1022,10 +1053,7 @@ void UcxCore::Dispatch(const MessageHeader& header, std::string_view payload, co
       return;
     }
     std::memcpy(&token, payload.data(), sizeof(token));
-    Stream& stream = streams_[header.stream];
-    const bool refused = stream.refused;
-    stream.refused = false;
-    AnswerAck(extra.reply_ep, header.stream, token, refused);
+    AnswerAck(extra.reply_ep, header.stream, token, streams_[header.stream].refusals);
     return;
   }
   std::shared_ptr<Transport::MessageHandler> handler;

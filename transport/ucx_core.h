@@ -4,8 +4,11 @@
 #pragma once
 
 
+#include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <filesystem>
+#include <functional>
 #include <map>
 #include <string_view>
 #include <memory>
@@ -97,6 +100,7 @@ struct EpState {
   };
   std::deque<AckRequest> ack_requests;
   uint64_t last_token = 0;
+  uint32_t refusals_seen = 0;  // the peer's cumulative count of refused puts, as last answered
   uint64_t stream = 0;  // random; names this endpoint's message stream at the receiver
   uint64_t next_seq = 0;
   Completion connected;    // Connect's handshake, until the peer's reply arrives
@@ -172,8 +176,9 @@ class UcxCore {
   absl::Status SendPutData(EpState& s, const void* data, size_t len, uint64_t address,
                            uint64_t key_hash);
   void IssueAckRequest(EpState& s, uint64_t epoch, Completion done);
-  void Acked(EpState& s, uint64_t token, bool refused);
-  void AnswerAck(ucp_ep_h reply_ep, uint64_t stream, uint64_t token, bool refused);
+  void Acked(EpState& s, uint64_t token, uint32_t refusals);
+  void AnswerAck(ucp_ep_h reply_ep, uint64_t stream, uint64_t token, uint32_t refusals);
+  std::function<void(ucs_status_t)> FailEndpointOnError(const EpState& s, const char* verb);
   // Copies a kPutData payload into registered memory; false (nothing written) if the range is
   // not inside one registered region or the key does not match it.
   bool WriteRegion(uint64_t address, uint64_t key_hash, std::string_view bytes);
@@ -234,14 +239,15 @@ class UcxCore {
   bool worker_gone_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex context_mu_;  // ucp_mem_unmap after the progress thread is gone
 
-  // Registered regions, for puts as messages: address → (length, XXH64 of the framed key).
+  // Registered regions, for puts as messages (they may overlap or share a base).
   struct Region {
+    uint64_t address;
     uint64_t length;
-    uint64_t key_hash;
+    uint64_t key_hash;  // RegionKeyHash of its framed key
+    ucp_mem_h memh;
   };
   absl::Mutex regions_mu_;
-  std::map<uint64_t, Region> regions_ ABSL_GUARDED_BY(regions_mu_);
-  absl::flat_hash_map<ucp_mem_h, uint64_t> region_of_ ABSL_GUARDED_BY(regions_mu_);
+  std::vector<Region> regions_ ABSL_GUARDED_BY(regions_mu_);
 
   absl::Mutex handlers_mu_;
   absl::flat_hash_map<uint16_t, std::shared_ptr<Transport::MessageHandler>> handlers_
@@ -256,7 +262,7 @@ class UcxCore {
   struct Stream {
     uint64_t next = 0;
     std::map<uint64_t, Early> early;
-    bool refused = false;  // a kPutData was refused since the last kPutAck
+    uint32_t refusals = 0;  // kPutData refused (or lost) so far, sent with every kPutAck
   };
   absl::flat_hash_map<uint64_t, std::unique_ptr<EpState>> eps_;
   absl::flat_hash_set<Op*> ops_;  // with a UCP request in flight

@@ -36,7 +36,7 @@ struct MessageHeader {
   uint64_t seq = 0;
   uint16_t id = 0;
   uint16_t flags = 0;  // kEndOfStream, kHello, kHelloReply
-  uint32_t reserved = 0;
+  uint32_t reserved = 0;  // kPutAck: the refusal count
 };
 static_assert(sizeof(MessageHeader) == 24);
 inline constexpr uint16_t kEndOfStream = 1;  // the sending endpoint closed; forget its stream
@@ -44,12 +44,11 @@ inline constexpr uint16_t kHello = 2;        // Connect's handshake (not part of
 inline constexpr uint16_t kHelloReply = 4;
 // Puts as messages (UcxOptions::put_path): kPutData carries bytes for the receiver's registered
 // memory (header: PutHeader); kPutFlush (payload: a 64-bit token) asks for a kPutAck once every
-// earlier message of the stream has been handled; kPutAck (not part of a stream; seq: the token)
-// answers it, with kPutRefused if a kPutData since the last answer was refused.
+// earlier message of the stream has been handled; kPutAck (not part of a stream; seq: the token;
+// reserved: how many kPutData of the stream the receiver has refused or lost so far) answers it.
 inline constexpr uint16_t kPutData = 8;
 inline constexpr uint16_t kPutFlush = 16;
 inline constexpr uint16_t kPutAck = 32;
-inline constexpr uint16_t kPutRefused = 64;
 
 // The header of a kPutData message.
 struct PutHeader {

@@ -280,6 +280,27 @@ TEST_P(TransportTest, MessagePutsOutsideRegisteredMemoryAreRefused) {
   EXPECT_EQ(FirstMismatch(remote->bytes.data() + 1024, 3072, 3), 3072u);
 }
 
+// Dropping the endpoint right after a PutMany does not cut it short: the puts land and their
+// completion says so (with puts as messages, once the peer has answered).
+TEST_P(TransportTest, PutsIssuedBeforeTheEndpointIsReleasedLand) {
+  constexpr size_t kSpan = 64 << 10, kSpans = 48;
+  std::unique_ptr<Buffer> local = RegisterBuffer(*a_, kSpan * kSpans);
+  std::unique_ptr<Buffer> remote = RegisterBuffer(*b_, kSpan * kSpans);
+  ASSERT_NE(local, nullptr);
+  ASSERT_NE(remote, nullptr);
+  Fill(local->bytes.data(), local->bytes.size(), 41);
+  std::vector<PutSpan> spans;
+  for (size_t i = 0; i < kSpans; ++i) {
+    spans.push_back({local->bytes.data() + i * kSpan, kSpan, i * kSpan});
+  }
+  auto done = std::make_shared<Completions>(1);
+  ep_->PutMany(spans, remote->region, done->For(0));
+  ep_.reset();
+  ASSERT_TRUE(done->WaitFor(1));
+  ASSERT_TRUE(done->status(0).ok()) << done->status(0);
+  EXPECT_EQ(FirstMismatch(remote->bytes.data(), kSpan * kSpans, 41), kSpan * kSpans);
+}
+
 TEST_P(TransportTest, MessagesArriveAfterThePutsIssuedBeforeThem) {
   constexpr int kRounds = 200;
   constexpr size_t kSlot = 16 << 10;
