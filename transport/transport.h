@@ -116,8 +116,9 @@ struct UcxOptions {
   // its registered memory after checking the range and the region's key, acknowledged per
   // PutMany/Flush. Over tcp UCX emulates RMA with messages of its own whose acknowledgements abort
   // the receiving process when the sender dies mid-transfer (UCX 1.13, openucx/ucx#7274); ours
-  // fail like any other operation to a dead peer. kAuto: kMessages when peer_failure_detection is
-  // on and `transports` names no RDMA transport (rc, dc, ud, ib, mlx5, gga, …), else kRma.
+  // fail like any other operation to a dead peer. kAuto: kRma where UCX can put over RDMA (the
+  // host has an InfiniBand/RoCE device and `transports`, or else $UCX_TLS, allows rc, dc, ud, ib,
+  // mlx5, … — "" and "all" do) or where peer_failure_detection is off (shm/cma), else kMessages.
   enum class PutPath { kAuto, kRma, kMessages };
   PutPath put_path = PutPath::kAuto;
 };
