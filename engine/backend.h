@@ -197,7 +197,8 @@ class Backend {
   virtual void ToHost(void* host_dst, const void* src, int64_t bytes) = 0;
   virtual void Copy(void* dst, const void* src, int64_t bytes) = 0;  // backend → backend
   // Read-only host bytes (a checkpoint tensor, a converted vector) as backend memory that lives
-  // as long as the backend: the same pointer where the backend reads host memory, else a copy.
+  // as long as the backend: a copy (the CPU backend's lies on huge pages; CpuBackendOptions::
+  // copy_weights off returns the host pointer itself).
   virtual absl::StatusOr<const void*> MakeResident(const void* host, int64_t bytes) = 0;
   virtual void Zero(void* dst, int64_t bytes) = 0;
   // Whether backend memory is host memory (the CPU backend): then host code may also read and

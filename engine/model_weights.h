@@ -2,8 +2,9 @@
 // ops consume: linears as WeightViews, small vectors (norm weights, biases, mHC parameters)
 // converted to FP32, and the few tensors the math wants in another form (wo_a dequantized to
 // BF16, F32 scales turned into UE8M0 bytes, expert-id tables as int32) materialised once. Every
-// pointer is backend memory (Backend::MakeResident): for the CPU backend the mmap'd checkpoint
-// itself (zero-copy), for a GPU backend a copy in device memory.
+// pointer is backend memory (Backend::MakeResident): for the CPU backend a copy on huge pages
+// (or, with CpuBackendOptions::copy_weights off, the mmap'd checkpoint itself), for a GPU backend
+// a copy in device memory.
 //
 // Immutable after construction; safe to share between threads. Borrows the Checkpoint and the
 // Backend, which must outlive it.

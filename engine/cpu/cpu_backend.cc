@@ -1,5 +1,7 @@
 #include "engine/cpu/cpu_backend.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -213,6 +215,7 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const CpuBackendO
   std::unique_ptr<CpuBackend> backend(
       new CpuBackend(isa, KernelsFor(isa), Bf16KernelsFor(isa), threads));
   backend->batch_invariant_ = options.batch_invariant;
+  backend->options_ = options;
   return backend;
 }
 
@@ -227,7 +230,9 @@ CpuBackend::CpuBackend(CpuIsa isa, const LinearKernelTable* kernels,
   for (int i = 0; i < threads_; ++i) scratch_.push_back(std::make_unique<Scratch>());
 }
 
-CpuBackend::~CpuBackend() = default;
+CpuBackend::~CpuBackend() {
+  for (const auto& [p, size] : resident_chunks_) munmap(p, size);
+}
 
 CpuBackend::LinearForm CpuBackend::FormFor(const cpu::KernelWeights& w, int64_t n,
                                            bool x_is_bf16) const {

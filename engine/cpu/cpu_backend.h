@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -58,6 +59,9 @@ struct CpuBackendOptions {
   // rows in FP32 kernels.) Off: the strip form for many rows, whose results differ from
   // decode-sized calls in the last bits.
   bool batch_invariant = true;
+  // MakeResident copies weights into memory of its own on 2 MiB pages (see cpu_ops.cc) instead of
+  // reading them from the mapped checkpoint: faster decode, at the cost of a copy at load.
+  bool copy_weights = true;
 };
 
 class CpuBackend final : public Backend {
@@ -192,6 +196,11 @@ class CpuBackend final : public Backend {
   std::unique_ptr<cpu::ForkJoinPool> pool_;  // threads_ - 1 workers (the caller is slot 0)
   std::vector<std::unique_ptr<Scratch>> scratch_;
   std::unique_ptr<Buffers> buffers_;
+  CpuBackendOptions options_;
+  // MakeResident's chunks (address, bytes) and how much of the last one is used.
+  static constexpr size_t kResidentChunk = size_t{64} << 20;
+  std::vector<std::pair<void*, size_t>> resident_chunks_;
+  size_t resident_used_ = 0;
   std::vector<float> op_scratch_;  // ops' step-sized temporaries (mHC μ, expert activations)
   std::vector<int64_t> batch_offsets_, batch_items_;  // LinearFp4Batch's job tables
   std::vector<LinearJob> expert_jobs_;

@@ -4,11 +4,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/cpu/cpu_backend.h"
+
+#include <sys/mman.h>
 #include "engine/cpu/vector_ops.h"
 #include "engine/kv_cache.h"
 #include "engine/numerics.h"
@@ -94,7 +97,32 @@ void CpuBackend::Copy(void* dst, const void* src, int64_t bytes) {
   if (bytes > 0) std::memmove(dst, src, static_cast<size_t>(bytes));
 }
 
-absl::StatusOr<const void*> CpuBackend::MakeResident(const void* host, int64_t) { return host; }
+// Weights are copied into anonymous memory backed by 2 MiB pages where the kernel gives them
+// (transparent huge pages, madvise mode included): a decode step streams every weight once, and
+// on 4 KiB pages of the mapped checkpoint each page is a TLB miss and a point where the hardware
+// prefetchers stop (measured: +4–10% small-preset decode at batch 1). The checkpoint's pages
+// become ordinary page cache the kernel may drop. Tensors are packed 64-byte aligned into chunks
+// of at least kResidentChunk bytes, freed with the backend.
+absl::StatusOr<const void*> CpuBackend::MakeResident(const void* host, int64_t bytes) {
+  if (!options_.copy_weights || bytes <= 0) return host;
+  const size_t size = static_cast<size_t>(bytes);
+  if (resident_chunks_.empty() || resident_used_ + size > resident_chunks_.back().second) {
+    constexpr size_t kHugePage = size_t{2} << 20;
+    const size_t chunk = std::max(kResidentChunk, (size + kHugePage - 1) / kHugePage * kHugePage);
+    void* p = mmap(nullptr, chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("CPU backend: cannot map ", chunk, " bytes for weights: ", std::strerror(errno)));
+    }
+    madvise(p, chunk, MADV_HUGEPAGE);  // advice only: without THP the copy still works
+    resident_chunks_.emplace_back(p, chunk);
+    resident_used_ = 0;
+  }
+  auto* dst = static_cast<uint8_t*>(resident_chunks_.back().first) + resident_used_;
+  std::memcpy(dst, host, size);
+  resident_used_ += (size + 63) / 64 * 64;
+  return dst;
+}
 
 void CpuBackend::Zero(void* dst, int64_t bytes) {
   if (bytes > 0) std::memset(dst, 0, static_cast<size_t>(bytes));
