@@ -17,7 +17,7 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const RuntimeOptions& optio
 #if STRATA_WITH_CUDA
     return MakeCudaBackend({.device = 0});
 #else
-    return absl::UnimplementedError(
+    return absl::FailedPreconditionError(
         "backend 'cuda' is not available: this build has no CUDA (nvcc was not found "
         "when it was configured); have: cpu");
 #endif

@@ -61,6 +61,12 @@ inline bool Fits(uint64_t offset, uint64_t len, uint64_t size) {
   return offset <= size && len <= size - offset;
 }
 
+// What a kPutData message carries of its region's key. As with UCX's rkeys, the key grants the
+// whole registration (owners hand out sub-ranges of it, e.g. one state slot). With tcp every
+// region's packed key is the same bytes, so there it only shows the sender was given a key of
+// this transport; the receiver still writes nothing outside its registered memory.
+inline uint64_t RegionKeyHash(const std::string& key) { return XXH64(key.data(), key.size(), 0); }
+
 class UcxCore;
 inline thread_local UcxCore* progress_core = nullptr;
 
