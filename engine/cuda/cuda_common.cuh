@@ -132,27 +132,27 @@ __device__ __forceinline__ float WarpMax(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
   return v;
 }
-// Sum over the block (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result.
-// `shared` holds ≥ 32 floats; the call synchronises the block.
-__device__ __forceinline__ float BlockSum(float v, float* shared) {
+// A reduction over the block (blockDim.x a multiple of 32, ≤ 1024): each warp reduces with
+// `warp_op`, then every thread combines the warps' results in warp order with `op` (a fixed order:
+// the same in every thread). `shared` holds ≥ 32 floats; the call synchronises the block.
+template <typename WarpOp, typename Op>
+__device__ __forceinline__ float BlockReduce(float v, float* shared, WarpOp warp_op, Op op) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = WarpSum(v);
+  v = warp_op(v);
   __syncthreads();
   if (lane == 0) shared[warp] = v;
   __syncthreads();
-  float total = 0;
-  for (int i = 0; i < warps; ++i) total += shared[i];  // fixed order: the same in every thread
-  return total;
+  float r = shared[0];
+  for (int i = 1; i < warps; ++i) r = op(r, shared[i]);
+  return r;
+}
+__device__ __forceinline__ float BlockSum(float v, float* shared) {
+  return BlockReduce(v, shared, [](float x) { return WarpSum(x); },
+                     [](float a, float b) { return a + b; });
 }
 __device__ __forceinline__ float BlockMax(float v, float* shared) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = WarpMax(v);
-  __syncthreads();
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  float m = shared[0];
-  for (int i = 1; i < warps; ++i) m = fmaxf(m, shared[i]);
-  return m;
+  return BlockReduce(v, shared, [](float x) { return WarpMax(x); },
+                     [](float a, float b) { return fmaxf(a, b); });
 }
 
 }  // namespace strata::engine::cuda

@@ -52,24 +52,42 @@ ModelConfig MicroConfig() {
   return c;
 }
 
-// Writes a random checkpoint of `config` into a new temporary folder and loads it.
-void WriteMicroModel(const ModelConfig& config, uint64_t seed, std::string* dir,
-                     std::unique_ptr<Checkpoint>* ckpt) {
-  *dir = ::testing::TempDir() + "strata_cuda_model_XXXXXX";
-  ASSERT_NE(::mkdtemp(dir->data()), nullptr);
-  fs::create_directories(*dir + "/tok");
-  ASSERT_TRUE(WriteFileAtomically(*dir + "/tok/tokenizer.json", "{}").ok());
-  ASSERT_TRUE(WriteFileAtomically(*dir + "/tok/tokenizer_config.json", "{}").ok());
-  ASSERT_TRUE(WriteRandomModel(config, {.out_dir = *dir + "/m",
-                                        .seed = seed,
-                                        .tokenizer_dir = *dir + "/tok",
-                                        .threads = 2,
-                                        .progress = false})
-                  .ok());
-  auto loaded = Checkpoint::Load(*dir + "/m", {.threads = 2, .progress = false});
-  ASSERT_TRUE(loaded.ok()) << loaded.status();
-  *ckpt = std::move(*loaded);
-}
+// Each test: the CUDA backend (or a skip) and a random checkpoint of MicroConfig() in a
+// temporary folder, removed afterwards.
+class CudaModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string reason;
+    cuda_ = CudaOrSkipReason(&reason);
+    if (cuda_ == nullptr) GTEST_SKIP() << reason;
+  }
+  void TearDown() override {
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+  // Writes the micro model with `seed` and loads it into ckpt_.
+  void WriteMicroModel(uint64_t seed) {
+    dir_ = ::testing::TempDir() + "strata_cuda_model_XXXXXX";  // mkdtemp's template
+    ASSERT_NE(::mkdtemp(dir_.data()), nullptr);
+    fs::create_directories(dir_ + "/tok");
+    ASSERT_TRUE(WriteFileAtomically(dir_ + "/tok/tokenizer.json", "{}").ok());
+    ASSERT_TRUE(WriteFileAtomically(dir_ + "/tok/tokenizer_config.json", "{}").ok());
+    ASSERT_TRUE(WriteRandomModel(config_, {.out_dir = dir_ + "/m",
+                                           .seed = seed,
+                                           .tokenizer_dir = dir_ + "/tok",
+                                           .threads = 2,
+                                           .progress = false})
+                    .ok());
+    auto loaded = Checkpoint::Load(dir_ + "/m", {.threads = 2, .progress = false});
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    ckpt_ = std::move(*loaded);
+  }
+
+  const ModelConfig config_ = MicroConfig();
+  std::unique_ptr<Backend> cuda_;
+  std::string dir_;
+  std::unique_ptr<Checkpoint> ckpt_;
+};
 
 // ‖a − b‖ / ‖b‖ over the rows of one layer's streams.
 double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
@@ -81,22 +99,18 @@ double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
   return std::sqrt(num / std::max(den, 1e-30));
 }
 
-TEST(CudaModelTest, EveryLayerMatchesTheCpuBackendTeacherForced) {
-  std::string reason;
-  std::unique_ptr<Backend> cuda = CudaOrSkipReason(&reason);
-  if (cuda == nullptr) GTEST_SKIP() << reason;
-
-  const ModelConfig config = MicroConfig();
-  std::string dir;
-  std::unique_ptr<Checkpoint> ckpt;
-  ASSERT_NO_FATAL_FAILURE(WriteMicroModel(config, 11, &dir, &ckpt));
+TEST_F(CudaModelTest, EveryLayerMatchesTheCpuBackendTeacherForced) {
+  ASSERT_NO_FATAL_FAILURE(WriteMicroModel(11));
+  const ModelConfig& config = config_;
+  Checkpoint* ckpt = ckpt_.get();
+  Backend* cuda = cuda_.get();
 
   std::unique_ptr<Backend> cpu = MakeCpuBackend(2);
   auto cpu_weights = ModelWeights::Create(*ckpt, *cpu);
   auto cuda_weights = ModelWeights::Create(*ckpt, *cuda);
   ASSERT_TRUE(cpu_weights.ok() && cuda_weights.ok());
   const KvLayout layout(config);
-  KvPool cpu_pool(layout, 16), cuda_pool(layout, 16, cuda.get());
+  KvPool cpu_pool(layout, 16), cuda_pool(layout, 16, cuda);
   LocalExperts cpu_experts(**cpu_weights, *cpu), cuda_experts(**cuda_weights, *cuda);
   Model cpu_model(**cpu_weights, *cpu, cpu_experts, cpu_pool);
   Model cuda_model(**cuda_weights, *cuda, cuda_experts, cuda_pool);
@@ -158,23 +172,19 @@ TEST(CudaModelTest, EveryLayerMatchesTheCpuBackendTeacherForced) {
     EXPECT_LT(RelativeError(cuda_logits, cpu_logits), 1e-2) << "logits, step at " << at;
   }
   std::printf("worst per-layer relative error: %.3g\n", worst);
-  fs::remove_all(dir);
 }
 
 // The KV bytes a CUDA step writes are the CPU layout byte for byte: a block the CUDA backend
 // wrote verifies as a record on the host, and its fingerprint is the CPU pool's.
-TEST(CudaModelTest, BlocksAreRecordsInTheCpuLayout) {
-  std::string reason;
-  std::unique_ptr<Backend> cuda = CudaOrSkipReason(&reason);
-  if (cuda == nullptr) GTEST_SKIP() << reason;
-  const ModelConfig config = MicroConfig();
-  std::string dir;
-  std::unique_ptr<Checkpoint> ckpt;
-  ASSERT_NO_FATAL_FAILURE(WriteMicroModel(config, 5, &dir, &ckpt));
+TEST_F(CudaModelTest, BlocksAreRecordsInTheCpuLayout) {
+  ASSERT_NO_FATAL_FAILURE(WriteMicroModel(5));
+  const ModelConfig& config = config_;
+  Checkpoint* ckpt = ckpt_.get();
+  Backend* cuda = cuda_.get();
   auto weights = ModelWeights::Create(*ckpt, *cuda);
   ASSERT_TRUE(weights.ok()) << weights.status();
   const KvLayout layout(config);
-  KvPool pool(layout, 8, cuda.get());
+  KvPool pool(layout, 8, cuda);
   LocalExperts experts(**weights, *cuda);
   Model model(**weights, *cuda, experts, pool);
   SequenceCache cache = model.NewSequence();
@@ -194,7 +204,6 @@ TEST(CudaModelTest, BlocksAreRecordsInTheCpuLayout) {
       VerifyKvRecord(state.data(), layout.state_bytes(), KvRecordKind::kState, layout.fingerprint())
           .ok());
   model.Release(cache);
-  fs::remove_all(dir);
 }
 
 }  // namespace
