@@ -57,6 +57,21 @@ inline absl::string_view WeightFormatName(WeightFormat format) {
   return "?";
 }
 
+// Bytes a [rows, cols] weight of `format` occupies: its data plus its UE8M0 scales.
+inline int64_t WeightBytes(WeightFormat format, int64_t rows, int64_t cols) {
+  switch (format) {
+    case WeightFormat::kBf16:
+      return 2 * rows * cols;
+    case WeightFormat::kF32:
+      return 4 * rows * cols;
+    case WeightFormat::kFp8Block:
+      return rows * cols + ((rows + 127) / 128) * ((cols + 127) / 128);
+    case WeightFormat::kFp4Block:
+      return rows * cols / 2 + rows * (cols / 32);
+  }
+  return 0;
+}
+
 // A weight matrix y = W x with W of shape [rows (out), cols (in)], as the checkpoint stores it.
 // Borrowed backend memory (see MakeResident).
 struct WeightView {

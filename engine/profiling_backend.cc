@@ -6,25 +6,6 @@
 #include "absl/strings/str_format.h"
 
 namespace strata::engine {
-namespace {
-
-// Bytes of one weight matrix as stored (WeightFormat): the data plus its UE8M0 scales.
-double WeightBytes(WeightFormat format, int64_t rows, int64_t cols) {
-  const double r = static_cast<double>(rows), c = static_cast<double>(cols);
-  switch (format) {
-    case WeightFormat::kBf16:
-      return 2 * r * c;
-    case WeightFormat::kF32:
-      return 4 * r * c;
-    case WeightFormat::kFp8Block:
-      return r * c + static_cast<double>(((rows + 127) / 128) * ((cols + 127) / 128));
-    case WeightFormat::kFp4Block:
-      return r * c / 2 + r * c / 32;
-  }
-  return 0;
-}
-
-}  // namespace
 
 absl::string_view ProfilingBackend::OpName(Op op) {
   switch (op) {
@@ -99,7 +80,8 @@ std::vector<ProfilingBackend::OpStats> ProfilingBackend::Stats() const {
         {absl::StrCat(OpName(key.op), " ", WeightFormatName(key.format), " [", key.rows, "x",
                       key.cols, "]"),
          totals.calls, seconds(totals.time),
-         static_cast<double>(totals.calls) * WeightBytes(key.format, key.rows, key.cols)});
+         static_cast<double>(totals.calls) *
+             static_cast<double>(WeightBytes(key.format, key.rows, key.cols))});
   }
   std::sort(out.begin(), out.end(), [](const OpStats& a, const OpStats& b) {
     return a.seconds != b.seconds ? a.seconds > b.seconds : a.key < b.key;

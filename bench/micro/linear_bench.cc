@@ -297,8 +297,6 @@ struct ExpertsCase {
   int64_t experts, k, d, inter, n;
 };
 
-int64_t Fp4Bytes(int64_t rows, int64_t cols) { return rows * cols / 2 + rows * (cols / 32); }
-
 // Bytes of expert weights each call reads, for the cases' figures.
 std::map<std::string, double>& ExpertBytes() {
   static auto* bytes = new std::map<std::string, double>();
@@ -333,7 +331,8 @@ void RunExpertsCase(benchmark::State& state, const ExpertsCase& c) {
     chosen_total += std::count(used.begin(), used.end(), true);
   }
   ExpertBytes()[c.name] = static_cast<double>(chosen_total) / 16.0 *
-                          static_cast<double>(2 * Fp4Bytes(c.inter, c.d) + Fp4Bytes(c.d, c.inter));
+                          static_cast<double>(2 * engine::WeightBytes(WeightFormat::kFp4Block, c.inter, c.d) +
+                                              engine::WeightBytes(WeightFormat::kFp4Block, c.d, c.inter));
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> x(c.n * c.d), out(c.n * c.d), weights(c.n * c.k, 0.4f);
   for (float& v : x) v = engine::RoundToBf16(normal(rng));
@@ -478,11 +477,7 @@ int main(int argc, char** argv) {
       Report({c.name + suffix, gflops, "GFLOP/s", 0.5 * peak}, "linear");
       std::printf("    = %.0f%% of the measured peak\n", 100.0 * gflops / peak);
     } else {
-      const double bytes = c.format == WeightFormat::kFp4Block
-                               ? c.rows * c.cols / 2.0 + c.rows * (c.cols / 32)
-                           : c.format == WeightFormat::kBf16
-                               ? 2.0 * c.rows * c.cols
-                               : c.rows * c.cols + ((c.rows + 127) / 128) * ((c.cols + 127) / 128);
+      const double bytes = static_cast<double>(strata::engine::WeightBytes(c.format, c.rows, c.cols));
       const double gbps = bytes / seconds / 1e9;
       Report({c.name + suffix, gbps, "GB/s", 0.5 * bandwidth}, "linear");
       std::printf("    = %.0f%% of the measured read bandwidth\n", 100.0 * gbps / bandwidth);

@@ -203,7 +203,9 @@ class CpuBackend final : public Backend {
   size_t resident_used_ = 0;
   std::vector<float> op_scratch_;  // ops' step-sized temporaries (mHC μ, expert activations)
   std::vector<int64_t> batch_offsets_, batch_items_;  // LinearFp4Batch's job tables
+  // RoutedExperts' tables, reused: expert slot offsets, a cursor per expert, each slot's row.
   std::vector<LinearJob> expert_jobs_;
+  std::vector<int64_t> expert_first_, expert_next_, expert_slot_row_;
   // A sequence's decoded window and HCA entries, and (decode-sized steps) its rows' chosen CSA
   // entries, decoded once per call when the sequence has at most kChosenHereRows rows.
   static constexpr int64_t kChosenHereRows = 8;

@@ -326,32 +326,37 @@ absl::Status CpuBackend::RoutedExperts(absl::Span<const ExpertWeights> experts, 
   const int64_t num_experts = static_cast<int64_t>(experts.size());
   if (rows == 0) return absl::OkStatus();
   const int64_t d = experts[0].w2.rows, inter = experts[0].w1.rows;
-  // Rows per expert, in row order.
-  std::vector<std::vector<std::pair<int64_t, float>>> assigned(static_cast<size_t>(num_experts));
-  for (int64_t t = 0; t < rows; ++t) {
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t e = ids[t * k + j];
-      if (e < 0 || e >= num_experts) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "expert id ", e, " out of range (the layer has ", num_experts, " experts)"));
-      }
-      assigned[static_cast<size_t>(e)].emplace_back(t, weights[t * k + j]);
-    }
-  }
-  // Every active expert's rows in consecutive slots, experts in id order: xs [slots][d] → u, v
-  // [slots][inter] → h (over u) → ys [slots][d], with ws [slots] the routing weights.
+  // Every active expert's rows in consecutive slots, experts in id order, each expert's rows in row
+  // order (a counting sort: expert e has slots [first[e], first[e + 1]), slot i holds row
+  // slot_row[i]): xs [slots][d] → u, v [slots][inter] → h (over u) → ys [slots][d], with ws
+  // [slots] the routing weights.
   const int64_t slots = rows * k;
+  std::vector<int64_t>& first = expert_first_;
+  first.assign(static_cast<size_t>(num_experts + 1), 0);
+  for (int64_t i = 0; i < slots; ++i) {
+    const int32_t e = ids[i];
+    if (e < 0 || e >= num_experts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "expert id ", e, " out of range (the layer has ", num_experts, " experts)"));
+    }
+    ++first[static_cast<size_t>(e) + 1];
+  }
+  for (int64_t e = 0; e < num_experts; ++e) first[e + 1] += first[e];
   op_scratch_.resize(static_cast<size_t>(slots * (2 * d + 2 * inter + 1)));
   float* xs = op_scratch_.data();
   float* u = xs + slots * d;
   float* v = u + slots * inter;
   float* ys = v + slots * inter;
   float* ws = ys + slots * d;
-  int64_t slot = 0;
-  for (const auto& list : assigned) {
-    for (const auto& [t, weight] : list) {
+  std::vector<int64_t>& slot_row = expert_slot_row_;
+  slot_row.resize(static_cast<size_t>(slots));
+  expert_next_.assign(first.begin(), first.end() - 1);
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t slot = expert_next_[static_cast<size_t>(ids[t * k + j])]++;
+      slot_row[static_cast<size_t>(slot)] = t;
+      ws[slot] = weights[t * k + j];
       std::memcpy(xs + slot * d, x + t * d, static_cast<size_t>(d) * 4);
-      ws[slot++] = weight;
     }
   }
   // The experts' linears: those Linear would run in the dot form (every one at decode) go in
@@ -364,33 +369,27 @@ absl::Status CpuBackend::RoutedExperts(absl::Span<const ExpertWeights> experts, 
     }
   };
   expert_jobs_.clear();
-  for (int64_t e = 0, first = 0; e < num_experts; ++e) {
-    const int64_t m = static_cast<int64_t>(assigned[static_cast<size_t>(e)].size());
+  for (int64_t e = 0; e < num_experts; ++e) {
+    const int64_t at = first[e], m = first[e + 1] - at;
     if (m == 0) continue;
     const ExpertWeights& ew = experts[static_cast<size_t>(e)];
-    add(ew.w1, xs + first * d, m, u + first * inter);
-    add(ew.w3, xs + first * d, m, v + first * inter);
-    first += m;
+    add(ew.w1, xs + at * d, m, u + at * inter);
+    add(ew.w3, xs + at * d, m, v + at * inter);
   }
   LinearFp4Batch(expert_jobs_);
   SwiGlu(u, v, slots, inter, ws, limit, u);
   expert_jobs_.clear();
-  for (int64_t e = 0, first = 0; e < num_experts; ++e) {
-    const int64_t m = static_cast<int64_t>(assigned[static_cast<size_t>(e)].size());
-    if (m == 0) continue;
-    add(experts[static_cast<size_t>(e)].w2, u + first * inter, m, ys + first * d);
-    first += m;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    const int64_t at = first[e], m = first[e + 1] - at;
+    if (m > 0) add(experts[static_cast<size_t>(e)].w2, u + at * inter, m, ys + at * d);
   }
   LinearFp4Batch(expert_jobs_);
   // Sum in expert order, each expert's output rounded to BF16 first.
   std::fill(out, out + rows * d, 0.0f);
-  slot = 0;
-  for (const auto& list : assigned) {
-    for (const auto& entry : list) {
-      float* dst = out + entry.first * d;
-      const float* src = ys + slot++ * d;
-      for (int64_t c = 0; c < d; ++c) dst[c] += RoundToBf16(src[c]);
-    }
+  for (int64_t slot = 0; slot < slots; ++slot) {
+    float* dst = out + slot_row[static_cast<size_t>(slot)] * d;
+    const float* src = ys + slot * d;
+    for (int64_t c = 0; c < d; ++c) dst[c] += RoundToBf16(src[c]);
   }
   return absl::OkStatus();
 }
