@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <string>
@@ -32,6 +33,11 @@ std::string UtcNow() {
   return buf.data();
 }
 
+std::string& Device() {
+  static std::string device;
+  return device;
+}
+
 std::string Machine() {
   std::array<char, 256> host{};
   if (gethostname(host.data(), host.size() - 1) != 0) host[0] = '\0';
@@ -45,10 +51,12 @@ std::string Machine() {
     }
   }
   const long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  return std::string(host.data()) + " (" + cpu + ", " + std::to_string(cores) + " cores)";
+  return std::string(host.data()) + " (" + cpu + ", " + std::to_string(cores) + " cores" +
+         (Device().empty() ? "" : ", " + Device()) + ")";
 }
 
 std::string GitCommit() {
+  if (const char* env = std::getenv("STRATA_GIT_COMMIT"); env != nullptr && *env != '\0') return env;
   const std::string command = "git -C '" STRATA_SOURCE_DIR "' rev-parse --short HEAD 2>/dev/null";
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return "unknown";
@@ -61,6 +69,8 @@ std::string GitCommit() {
 }
 
 }  // namespace
+
+void SetReportDevice(const std::string& device) { Device() = device; }
 
 void Report(const Figure& figure, const std::string& results_file) {
   const double ratio = figure.limit != 0 ? figure.value / figure.limit : 0;

@@ -25,4 +25,10 @@ struct Figure {
 // prints (runs whose figures are not comparable, e.g. under a profiler).
 void Report(const Figure& figure, const std::string& results_file);
 
+// Names the accelerator the figures were measured on (e.g. "NVIDIA H200"): from then on the
+// machine column reads "<hostname> (<CPU>, <cores> cores, <device>)". The commit column is
+// $STRATA_GIT_COMMIT where that is set (deploy/gpu/run.sh sets it from the packed build's
+// commit: the GPU machine has the files but no git history).
+void SetReportDevice(const std::string& device);
+
 }  // namespace strata::bench

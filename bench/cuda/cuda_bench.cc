@@ -278,6 +278,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const bench::Peaks peaks = bench::DevicePeaks();
+  bench::SetReportDevice(peaks.name);
   std::printf("device: %s, HBM peak %.2f TB/s, FP8 dense %.0f TFLOP/s\n", peaks.name.c_str(),
               peaks.hbm / 1e12, peaks.fp8_dense / 1e12);
   bench::BenchLinears(**backend, peaks, results, quick);

@@ -36,8 +36,10 @@ constexpr int64_t kMaxStaticShared = 48 * 1024;
   std::abort();
 }
 
+// The cap applies before the narrowing: Blocks() alone would wrap to 0 past 2^40 values.
 unsigned ElementwiseBlocks(int64_t n) {
-  return std::min<unsigned>(Blocks(n, kThreads), kMaxElementwiseBlocks);
+  return static_cast<unsigned>(
+      std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t{kMaxElementwiseBlocks}));
 }
 
 // ---- scalar helpers -----------------------------------------------------------------------------
