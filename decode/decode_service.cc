@@ -35,12 +35,12 @@ struct PrefillCall {
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
  public:
   GenerateReactor(DecodeService& service, grpc::CallbackServerContext* context, const v1::DecodeRequest& request)
-      : service_(service), id_(request.request_id()) {
+      : service_(service), id_(UniqueId(request.request_id())) {
     // Tells the router that whatever status ends this stream came from a live decode worker (a
     // crashed one sends no trailers), so it does not take this worker out of rotation.
     context->AddTrailingMetadata("strata-served-by", "decode");
     Request r;
-    r.id = request.request_id();
+    r.id = id_;
     r.prompt.assign(request.prompt().begin(), request.prompt().end());
     r.max_tokens = request.max_tokens();
     r.sampling = {.temperature = request.sampling().temperature(),
@@ -75,17 +75,29 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (!ok) {
-      // The stream broke: nobody will read more. Cancel; the final event still comes.
-      broken_ = true;
-      service_.scheduler().Cancel(id_);
+    Op op;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        // The stream broke: nobody will read more. Cancel; the final event still comes.
+        broken_ = true;
+        service_.scheduler().Cancel(id_);
+      }
+      op = NextOpLocked();
     }
-    WriteLocked();
+    Run(op);  // last: a finishing op may delete this
   }
 
   void OnDone() override { delete this; }
+
+  // The scheduler and the prefill worker find a request by its id; the router's ids are unique,
+  // but one client's repeated id must never cancel or land another's request, so each stream gets
+  // its own.
+  static std::string UniqueId(const std::string& request_id) {
+    static std::atomic<uint64_t> next{0};
+    return absl::StrCat(request_id, "#", next.fetch_add(1, std::memory_order_relaxed));
+  }
 
  private:
   void StartPrefill(const Admission& admission, const std::vector<int32_t>& tokens) {
@@ -116,37 +128,55 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
   }
 
   void OnEvent(Event e) {
-    absl::MutexLock lock(&mu_);
-    pending_.mutable_token_ids()->Add(e.tokens.begin(), e.tokens.end());
-    pending_.mutable_logprobs()->Add(e.logprobs.begin(), e.logprobs.end());
-    has_pending_ = has_pending_ || !e.tokens.empty();
-    if (e.done) {
-      done_ = true;
-      final_status_ = e.status;
-      pending_.set_finish_reason(ToProto(e.finish));
-      has_pending_ = has_pending_ || e.finish != Finish::kNone;
+    Op op;
+    {
+      absl::MutexLock lock(&mu_);
+      pending_.mutable_token_ids()->Add(e.tokens.begin(), e.tokens.end());
+      pending_.mutable_logprobs()->Add(e.logprobs.begin(), e.logprobs.end());
+      has_pending_ = has_pending_ || !e.tokens.empty();
+      if (e.done) {
+        done_ = true;
+        final_status_ = e.status;
+        pending_.set_finish_reason(ToProto(e.finish));
+        has_pending_ = has_pending_ || e.finish != Finish::kNone;
+      }
+      op = NextOpLocked();
     }
-    WriteLocked();
+    Run(op);  // last: a finishing op may delete this
   }
 
-  void WriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (writing_ || finished_) return;
+  // What to start on the stream next. Decided under mu_, started after releasing it: once Finish
+  // or StartWriteAndFinish is called, gRPC may run OnDone (delete this) on another thread at
+  // once, so neither may be called with mu_ held, nor may anything touch the reactor afterwards.
+  // A started write owns current_ until OnWriteDone (writing_ keeps everyone else off it).
+  enum class Op { kNone, kWrite, kWriteAndFinish, kFinish };
+
+  Op NextOpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || finished_) return Op::kNone;
     if (done_ && (broken_ || !final_status_.ok())) {
       finished_ = true;
-      Finish(final_status_.ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "stream broken")
-                                : proto::ToGrpc(final_status_));
-      return;
+      finish_status_ = final_status_.ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "stream broken")
+                                          : proto::ToGrpc(final_status_);
+      return Op::kFinish;
     }
-    if (!has_pending_ || broken_) return;
+    if (!has_pending_ || broken_) return Op::kNone;
     current_.Swap(&pending_);
     pending_.Clear();
     has_pending_ = false;
     writing_ = true;
     if (done_) {
       finished_ = true;
-      StartWriteAndFinish(&current_, grpc::WriteOptions(), grpc::Status::OK);
-    } else {
-      StartWrite(&current_);
+      return Op::kWriteAndFinish;
+    }
+    return Op::kWrite;
+  }
+
+  void Run(Op op) {
+    switch (op) {
+      case Op::kNone: return;
+      case Op::kWrite: return StartWrite(&current_);
+      case Op::kWriteAndFinish: return StartWriteAndFinish(&current_, grpc::WriteOptions(), grpc::Status::OK);
+      case Op::kFinish: return Finish(finish_status_);
     }
   }
 
@@ -162,6 +192,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
+  grpc::Status finish_status_;  // set once, with finished_, before Finish is called
 };
 
 }  // namespace

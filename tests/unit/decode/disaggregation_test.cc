@@ -1,46 +1,24 @@
 // The disaggregated path without RPC: a PrefillWorker pushing KV over a Transport into a decode
 // Scheduler's blocks must give exactly the tokens the colocated Scheduler gives (greedy), and
 // blocks must be freed on every path (finish, cancel, transfer failure, corrupt bytes).
-#include <unistd.h>
-
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
-#include "common/file.h"
 #include "decode/scheduler.h"
-#include "engine/checkpoint.h"
-#include "engine/model_writer.h"
-#include "engine/runtime.h"
 #include "gtest/gtest.h"
 #include "prefill/prefill_worker.h"
+#include "tests/unit/decode/micro_model.h"
 #include "transport/transport.h"
 
 namespace strata {
 namespace {
 
-namespace fs = std::filesystem;
-
-constexpr int64_t kVocab = 512;
-
-// One model instance: its own backend, experts and pool over shared weights (CPU backends read
-// the weights where they are, so one set serves them all).
-struct Instance {
-  Instance(const engine::ModelWeights& weights, int64_t blocks)
-      : layout(weights.config()),
-        pool(layout, blocks),
-        backend(engine::MakeCpuBackend(1)),
-        experts(weights, *backend),
-        model(weights, *backend, experts, pool) {}
-  engine::KvLayout layout;
-  engine::KvPool pool;
-  std::unique_ptr<engine::Backend> backend;
-  engine::LocalExperts experts;
-  engine::Model model;
-};
+using testing::Instance;
+using testing::MicroModel;
+constexpr int64_t kVocab = testing::kMicroVocab;
 
 // Collects one request's events.
 struct Collector {
@@ -68,38 +46,18 @@ struct Collector {
 
 class DisaggregationTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    std::string tmpl = ::testing::TempDir() + "strata_disagg_XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = new std::string(tmpl);
-    fs::create_directories(*dir_ + "/tok");
-    ASSERT_TRUE(WriteFileAtomically(*dir_ + "/tok/tokenizer.json", "{}").ok());
-    ASSERT_TRUE(WriteFileAtomically(*dir_ + "/tok/tokenizer_config.json", "{}").ok());
-    engine::ModelConfig c = *engine::PresetConfig("tiny");
-    c.vocab_size = kVocab;
-    c.n_routed_experts = 4;
-    ASSERT_TRUE(engine::WriteRandomModel(c, {.out_dir = *dir_ + "/m", .seed = 5, .tokenizer_dir = *dir_ + "/tok",
-                                              .threads = 2, .progress = false})
-                    .ok());
-    auto ckpt = engine::Checkpoint::Load(*dir_ + "/m", {.threads = 2, .progress = false});
-    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-    ckpt_ = ckpt->release();
-    weights_backend_ = engine::MakeCpuBackend(1).release();
-    weights_ = engine::ModelWeights::Create(*ckpt_, *weights_backend_)->release();
-  }
+  static void SetUpTestSuite() { micro_ = new MicroModel(5); }
   static void TearDownTestSuite() {
-    delete weights_;
-    delete weights_backend_;
-    delete ckpt_;
-    fs::remove_all(*dir_);
-    delete dir_;
+    delete micro_;
+    micro_ = nullptr;
   }
 
   void SetUp() override {
     fabric_ = transport::MakeInProcFabric();
-    colocated_ = std::make_unique<Instance>(*weights_, 96);
-    decode_ = std::make_unique<Instance>(*weights_, 96);
-    prefill_ = std::make_unique<Instance>(*weights_, 96);
+    ASSERT_TRUE(micro_->ok());
+    colocated_ = std::make_unique<Instance>(micro_->weights(), 96);
+    decode_ = std::make_unique<Instance>(micro_->weights(), 96);
+    prefill_ = std::make_unique<Instance>(micro_->weights(), 96);
     decode_transport_ = transport::MakeInProcTransport(fabric_);
     prefill_transport_ = transport::MakeInProcTransport(fabric_);
     local_ = std::make_unique<decode::Scheduler>(colocated_->model, colocated_->pool, Options());
@@ -178,10 +136,7 @@ class DisaggregationTest : public ::testing::Test {
     EXPECT_EQ(remote_->stats().running, 0);
   }
 
-  static std::string* dir_;
-  static engine::Checkpoint* ckpt_;
-  static engine::Backend* weights_backend_;
-  static engine::ModelWeights* weights_;
+  static MicroModel* micro_;
   std::shared_ptr<transport::InProcFabric> fabric_;
   std::unique_ptr<Instance> colocated_, decode_, prefill_;
   std::unique_ptr<transport::Transport> decode_transport_, prefill_transport_;
@@ -190,10 +145,7 @@ class DisaggregationTest : public ::testing::Test {
   std::unique_ptr<prefill::PrefillWorker> worker_;
 };
 
-std::string* DisaggregationTest::dir_ = nullptr;
-engine::Checkpoint* DisaggregationTest::ckpt_ = nullptr;
-engine::Backend* DisaggregationTest::weights_backend_ = nullptr;
-engine::ModelWeights* DisaggregationTest::weights_ = nullptr;
+MicroModel* DisaggregationTest::micro_ = nullptr;
 
 // Greedy tokens are identical: chunking (prefill chunk 300 vs colocated 100, shared with other
 // requests) and the hand-off do not change a single bit of the KV (engine chunking tests), so
