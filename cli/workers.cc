@@ -92,7 +92,7 @@ absl::Status Prepare(const WorkerFlags& f, const std::string& role, WorkerBase& 
   w.pool = std::make_unique<engine::KvPool>(*w.layout, blocks);
   w.model = std::make_unique<engine::Model>(*w.runtime->weights, *w.runtime->backend, *w.runtime->experts, *w.pool);
   if (w.config.transport == "ucx") {
-    STRATA_ASSIGN_OR_RETURN(w.transport, transport::MakeUcxTransport({.transports = w.config.ucx_tls}));
+    STRATA_ASSIGN_OR_RETURN(w.transport, transport::MakeUcxTransport({.transports = w.config.ucx_tls, .host = w.me.host}));
   } else {
     return absl::InvalidArgumentError(absl::StrCat("transport '", w.config.transport,
                                                    "' cannot connect separate processes; use ucx"));

@@ -106,6 +106,11 @@ absl::Status FlushSync(Endpoint& ep);
 struct UcxOptions {
   // UCX_TLS-style list ("" = UCX's default choice, e.g. "tcp", "shm,cma", "rc,sm").
   std::string transports;
+  // The host (address or name) this service was configured on: UCX uses only the network device
+  // that holds its address (UCX_NET_DEVICES; see net_devices.h), so the KV-transfer listeners
+  // bind there and nowhere else. "" or a wildcard (0.0.0.0): every device. An explicit
+  // $UCX_NET_DEVICES wins.
+  std::string host;
   // Endpoints report a vanished peer as errors on its operations (UCP_ERR_HANDLING_MODE_PEER).
   // UCX 1.13 offers that only on transports with peer-failure support (tcp, verbs), not on shared
   // memory or cma: with "shm,cma" it must be false, and then a peer that dies may leave operations

@@ -2,6 +2,8 @@
 // (ucx_ops.cc: the operations and the receiving side).
 #include "transport/ucx_core.h"
 
+#include "transport/net_devices.h"
+
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -55,6 +57,22 @@ absl::StatusOr<std::shared_ptr<UcxCore>> UcxCore::Create(const UcxOptions& optio
       ucp_config_release(config);
       return UcxError(absl::StrCat("ucx: set transports (UCX_TLS) to \"", options.transports, "\""),
                       status);
+    }
+  }
+  if (std::getenv("UCX_NET_DEVICES") == nullptr) {
+    absl::StatusOr<std::string> devices = UcxNetDevicesFor(options.host);
+    if (!devices.ok()) {
+      ucp_config_release(config);
+      return Annotate(devices.status(), "ucx");
+    }
+    if (!devices->empty()) {
+      status = ucp_config_modify(config, "NET_DEVICES", devices->c_str());
+      if (status != UCS_OK) {
+        ucp_config_release(config);
+        return UcxError(absl::StrCat("ucx: use the network devices \"", *devices, "\" of host ", options.host),
+                        status);
+      }
+      spdlog::debug("ucx: host {} is on network device(s) {}", options.host, *devices);
     }
   }
   ucp_params_t params{};
