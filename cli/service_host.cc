@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "proto/grpc_options.h"
 #include "prometheus/text_serializer.h"
 
 namespace strata::cli {
@@ -67,7 +68,7 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string&
   grpc::ServerBuilder builder;
   int bound = 0;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound);
-  builder.SetMaxReceiveMessageSize(256 << 20);  // a 1M-token prompt's ids
+  proto::ConfigureInternalServer(builder);  // keepalive from peers; 1M-token prompts fit
   for (grpc::Service* s : services) builder.RegisterService(s);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound == 0) {

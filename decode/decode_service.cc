@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "grpcpp/grpcpp.h"
+#include "proto/grpc_options.h"
 #include "proto/grpc_status.h"
 #include "spdlog/spdlog.h"
 
@@ -27,18 +28,23 @@ struct PrefillCall {
   grpc::ClientContext context;
   v1::PrefillRequest request;
   v1::PrefillReply reply;
+  std::atomic<bool> cancelled{false};  // by this worker (its stream was cancelled)
+  std::atomic<bool> failed{false};     // the prefill worker failed the call (or vanished)
 };
 
 // One Decode.Generate stream. Scheduler events are coalesced into the next write while one is in
-// flight. The reactor finishes only after the scheduler's final event, so every scheduler
-// callback runs while it is alive; gRPC deletes it in OnDone.
-class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
+// flight; a stream with nothing to write for `heartbeat` gets an empty event (a keep-alive). The
+// reactor finishes only after the scheduler's final event, so every scheduler callback runs while
+// it is alive. It is reference counted: gRPC's reference goes in OnDone, the heartbeat thread
+// holds one while it looks at the stream; the last one deletes it.
+class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent>, public internal::Stream {
  public:
   GenerateReactor(DecodeService& service, grpc::CallbackServerContext* context, const v1::DecodeRequest& request)
-      : service_(service), id_(UniqueId(request.request_id())) {
+      : service_(service), context_(context), id_(UniqueId(request.request_id())) {
     // Tells the router that whatever status ends this stream came from a live decode worker (a
     // crashed one sends no trailers), so it does not take this worker out of rotation.
     context->AddTrailingMetadata("strata-served-by", "decode");
+    service_.Register(this);
     Request r;
     r.id = id_;
     r.prompt.assign(request.prompt().begin(), request.prompt().end());
@@ -71,7 +77,29 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
   void OnCancel() override {
     service_.scheduler().Cancel(id_);
     absl::MutexLock lock(&mu_);
-    if (prefill_) prefill_->context.TryCancel();
+    if (prefill_) {
+      prefill_->cancelled = true;
+      prefill_->context.TryCancel();
+    }
+  }
+
+  // From the heartbeat thread (which holds a reference): an empty event if the stream has been
+  // quiet for `heartbeat`.
+  void Heartbeat(absl::Time now) override {
+    Op op;
+    {
+      absl::MutexLock lock(&mu_);
+      if (done_ || finished_ || writing_ || broken_ || has_pending_) return;
+      if (now - last_write_ < service_.options().heartbeat) return;
+      has_pending_ = true;  // pending_ is empty: a keep-alive
+      op = NextOpLocked();
+    }
+    Run(op);  // a write, never a finish (done_ is false)
+  }
+
+  void Ref() override { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unref() override {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
   void OnWriteDone(bool ok) override {
@@ -89,7 +117,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
     Run(op);  // last: a finishing op may delete this
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    service_.Unregister(this);
+    Unref();  // gRPC's
+  }
 
   // The scheduler and the prefill worker find a request by its id; the router's ids are unique,
   // but one client's repeated id must never cancel or land another's request, so each stream gets
@@ -121,7 +152,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
                              absl::Status status = proto::FromGrpc(s);
                              if (!status.ok()) {
                                status = Annotate(status, absl::StrCat("prefill worker ", address));
-                               spdlog::warn("request {}: {}", id, status.ToString());
+                               if (!call->cancelled) {
+                                 call->failed = true;  // before Landed: the final event follows it
+                                 spdlog::warn("request {}: {}", id, status.ToString());
+                               }
                              }
                              scheduler->Landed(id, status, call->reply.transfer_wait_ms());
                            });
@@ -155,6 +189,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
     if (writing_ || finished_) return Op::kNone;
     if (done_ && (broken_ || !final_status_.ok())) {
       finished_ = true;
+      prefill_failed_ = prefill_ != nullptr && prefill_->failed;
       finish_status_ = final_status_.ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "stream broken")
                                           : proto::ToGrpc(final_status_);
       return Op::kFinish;
@@ -164,6 +199,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
     pending_.Clear();
     has_pending_ = false;
     writing_ = true;
+    last_write_ = absl::Now();
     if (done_) {
       finished_ = true;
       return Op::kWriteAndFinish;
@@ -176,11 +212,15 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
       case Op::kNone: return;
       case Op::kWrite: return StartWrite(&current_);
       case Op::kWriteAndFinish: return StartWriteAndFinish(&current_, grpc::WriteOptions(), grpc::Status::OK);
-      case Op::kFinish: return Finish(finish_status_);
+      case Op::kFinish:
+        // Which prefill worker failed, so the router can retry elsewhere and stop choosing it.
+        if (prefill_failed_) context_->AddTrailingMetadata("strata-prefill-failed", prefill_address_);
+        return Finish(finish_status_);
     }
   }
 
   DecodeService& service_;
+  grpc::CallbackServerContext* const context_;  // valid until OnDone
   const std::string id_;
   std::string prefill_address_, traceparent_;
   absl::Mutex mu_;
@@ -193,6 +233,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent> {
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
   grpc::Status finish_status_;  // set once, with finished_, before Finish is called
+  bool prefill_failed_ = false;  // likewise
+  absl::Time last_write_ ABSL_GUARDED_BY(mu_) = absl::Now();
+  std::atomic<int> refs_{1};  // gRPC's until OnDone
 };
 
 }  // namespace
@@ -205,13 +248,48 @@ absl::StatusOr<std::unique_ptr<DecodeService>> DecodeService::Create(Scheduler& 
   STRATA_ASSIGN_OR_RETURN(s->landing_registration_, transport.Register(scheduler.landing_memory(), scheduler.landing_bytes()));
   s->pool_region_ = s->pool_registration_->Describe();
   s->landing_region_ = s->landing_registration_->Describe();
+  s->heartbeat_thread_ = std::thread([p = s.get()] { p->HeartbeatLoop(); });
   return s;
+}
+
+DecodeService::~DecodeService() {
+  stop_.Notify();
+  if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+}
+
+void DecodeService::Register(internal::Stream* stream) {
+  absl::MutexLock lock(&live_mu_);
+  live_.insert(stream);
+}
+
+void DecodeService::Unregister(internal::Stream* stream) {
+  absl::MutexLock lock(&live_mu_);
+  live_.erase(stream);
+}
+
+void DecodeService::HeartbeatLoop() {
+  const absl::Duration tick = std::max(options_.heartbeat / 4, absl::Milliseconds(10));
+  while (!stop_.WaitForNotificationWithTimeout(tick)) {
+    std::vector<internal::Stream*> streams;
+    {
+      absl::MutexLock lock(&live_mu_);
+      for (internal::Stream* s : live_) {
+        s->Ref();  // kept alive past Unregister until we are done with it
+        streams.push_back(s);
+      }
+    }
+    const absl::Time now = absl::Now();
+    for (internal::Stream* s : streams) {
+      s->Heartbeat(now);
+      s->Unref();
+    }
+  }
 }
 
 std::shared_ptr<v1::Prefill::Stub> DecodeService::PrefillStub(const std::string& address) {
   absl::MutexLock lock(&mu_);
   auto& stub = stubs_[address];
-  if (!stub) stub = v1::Prefill::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  if (!stub) stub = v1::Prefill::NewStub(proto::InternalChannel(address));
   return stub;
 }
 

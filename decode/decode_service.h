@@ -11,11 +11,15 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "decode/scheduler.h"
 #include "strata/v1/worker.grpc.pb.h"
 #include "transport/transport.h"
@@ -24,7 +28,23 @@ namespace strata::decode {
 
 struct DecodeServiceOptions {
   absl::Duration prefill_timeout = absl::Minutes(30);  // a 1M-token prompt on CPU takes long
+  // A stream with nothing to send for this long gets an empty TokenEvent, so the router can tell
+  // a quiet stream (queued, prefilling) from a hung worker by an inactivity timeout.
+  absl::Duration heartbeat = absl::Seconds(2);
 };
+
+namespace internal {
+// A live Generate stream, as the heartbeat thread sees it (decode_service.cc).
+class Stream {
+ public:
+  virtual void Heartbeat(absl::Time now) = 0;
+  virtual void Ref() = 0;
+  virtual void Unref() = 0;
+
+ protected:
+  ~Stream() = default;
+};
+}  // namespace internal
 
 class DecodeService final : public strata::v1::Decode::CallbackService {
  public:
@@ -32,6 +52,7 @@ class DecodeService final : public strata::v1::Decode::CallbackService {
   static absl::StatusOr<std::unique_ptr<DecodeService>> Create(Scheduler& scheduler, engine::KvPool& pool,
                                                               transport::Transport& transport,
                                                               const DecodeServiceOptions& options);
+  ~DecodeService() override;
 
   grpc::ServerWriteReactor<strata::v1::TokenEvent>* Generate(grpc::CallbackServerContext* context,
                                                              const strata::v1::DecodeRequest* request) override;
@@ -45,6 +66,10 @@ class DecodeService final : public strata::v1::Decode::CallbackService {
 
   Scheduler& scheduler() { return scheduler_; }
   const DecodeServiceOptions& options() const { return options_; }
+
+  // Streams register while they live, for the heartbeat thread.
+  void Register(internal::Stream* stream);
+  void Unregister(internal::Stream* stream);
 
  private:
   DecodeService(Scheduler& scheduler, engine::KvPool& pool, transport::Transport& transport,
@@ -60,6 +85,12 @@ class DecodeService final : public strata::v1::Decode::CallbackService {
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<strata::v1::Prefill::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
+
+  void HeartbeatLoop();
+  absl::Mutex live_mu_;
+  absl::flat_hash_set<internal::Stream*> live_ ABSL_GUARDED_BY(live_mu_);
+  absl::Notification stop_;
+  std::thread heartbeat_thread_;
 };
 
 }  // namespace strata::decode

@@ -15,6 +15,7 @@
 #include "decode/scheduler.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "proto/grpc_options.h"
 #include "tests/unit/decode/micro_model.h"
 #include "transport/transport.h"
 
@@ -40,12 +41,14 @@ class DecodeServiceTest : public ::testing::Test {
         instance_->model, instance_->pool,
         decode::SchedulerOptions{.max_batch = 16, .max_queue = 4096, .chunk_tokens = 256, .eos_id = -1,
                                  .num_tokens = testing::kMicroVocab});
-    auto service = decode::DecodeService::Create(*scheduler_, instance_->pool, *transport_, {});
+    auto service = decode::DecodeService::Create(*scheduler_, instance_->pool, *transport_,
+                                                 {.heartbeat = absl::Milliseconds(100)});
     ASSERT_TRUE(service.ok()) << service.status();
     service_ = std::move(*service);
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    proto::ConfigureInternalServer(builder);  // the service pings its prefill workers
     builder.RegisterService(service_.get());
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
@@ -133,6 +136,72 @@ TEST_F(DecodeServiceTest, StreamsCancelledMidwayAndFinishedStreamsAllEndCleanly)
   }
   EXPECT_EQ(scheduler_->stats().running, 0);
   EXPECT_EQ(instance_->pool.free_blocks(), 256);
+}
+
+// A stream whose request waits (here: for a prefill worker that never answers) gets empty events
+// every `heartbeat`, so the router can tell it from a hung worker.
+class SilentPrefill final : public v1::Prefill::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* context, const v1::PrefillRequest*,
+                                    v1::PrefillReply*) override {
+    // Never finished by us: cancelled by the client, or failed at the server's shutdown.
+    class Held final : public grpc::ServerUnaryReactor {
+     public:
+      void OnCancel() override { Finish(grpc::Status::CANCELLED); }
+      void OnDone() override { delete this; }
+    };
+    (void)context;
+    return new Held;
+  }
+};
+
+TEST_F(DecodeServiceTest, AQuietStreamGetsKeepAlives) {
+  SilentPrefill silent;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  proto::ConfigureInternalServer(builder);
+  builder.RegisterService(&silent);
+  std::unique_ptr<grpc::Server> prefill = builder.BuildAndStart();
+  ASSERT_NE(prefill, nullptr);
+
+  v1::DecodeRequest req = MakeRequest("quiet", 30, 4);
+  req.set_prefill_address(absl::StrCat("127.0.0.1:", port));
+  grpc::ClientContext ctx;
+  auto reader = stub_->Generate(&ctx, req);
+  v1::TokenEvent e;
+  int empty = 0;
+  while (empty < 3 && reader->Read(&e)) {
+    EXPECT_EQ(e.token_ids_size(), 0);
+    EXPECT_EQ(e.finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
+    ++empty;
+  }
+  EXPECT_EQ(empty, 3);
+  ctx.TryCancel();
+  while (reader->Read(&e)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  prefill->Shutdown();
+}
+
+// A failed prefill names the prefill worker in the trailers (the router retries elsewhere); the
+// stream's own status says what failed.
+TEST_F(DecodeServiceTest, AFailedPrefillIsNamedInTheTrailers) {
+  v1::DecodeRequest req = MakeRequest("named", 30, 4);
+  req.set_prefill_address("127.0.0.1:1");
+  grpc::ClientContext ctx;
+  auto reader = stub_->Generate(&ctx, req);
+  v1::TokenEvent e;
+  while (reader->Read(&e)) {
+  }
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(status.error_message().find("prefill worker 127.0.0.1:1"), std::string::npos) << status.error_message();
+  const auto& trailers = ctx.GetServerTrailingMetadata();
+  auto it = trailers.find("strata-prefill-failed");
+  ASSERT_NE(it, trailers.end());
+  EXPECT_EQ(std::string(it->second.data(), it->second.size()), "127.0.0.1:1");
+  EXPECT_EQ(trailers.count("strata-served-by"), 1u);
 }
 
 }  // namespace
