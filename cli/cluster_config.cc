@@ -34,7 +34,7 @@ class Parser {
     c.source = yaml_.source();
     STRATA_RETURN_IF_ERROR(
         CheckKeys("", {"cluster", "model", "model_name", "redis", "redis_port", "transport",
-                       "ucx_tls", "log_format", "router", "prefill", "decode"}));
+                       "ucx_tls", "log_format", "router", "prefill", "decode", "supervise"}));
     STRATA_RETURN_IF_ERROR(Read("cluster", &c.cluster));
     if (c.cluster.empty() || !std::all_of(c.cluster.begin(), c.cluster.end(), [](char ch) {
           return absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' ||
@@ -57,7 +57,8 @@ class Parser {
     STRATA_RETURN_IF_ERROR(ReadChoice("log_format", &c.log_format, {"text", "json"}));
 
     STRATA_RETURN_IF_ERROR(CheckKeys(
-        "router", {"host", "http_port", "grpc_port", "policy", "max_inflight", "api_keys"}));
+        "router", {"host", "http_port", "grpc_port", "policy", "max_inflight", "api_keys", "max_attempts",
+                   "inactivity_timeout_s", "request_timeout_s"}));
     STRATA_RETURN_IF_ERROR(ReadHost("router.host", &c.router.host));
     STRATA_RETURN_IF_ERROR(ReadInt("router.http_port", &c.router.http_port, 1, 65535));
     STRATA_RETURN_IF_ERROR(ReadInt("router.grpc_port", &c.router.grpc_port, 1, 65535));
@@ -65,6 +66,11 @@ class Parser {
         ReadChoice("router.policy", &c.router.policy, {"round_robin", "least_load"}));
     STRATA_RETURN_IF_ERROR(ReadInt("router.max_inflight", &c.router.max_inflight, 1, 1 << 20));
     STRATA_RETURN_IF_ERROR(ReadApiKeys(&c.router.api_keys));
+    STRATA_RETURN_IF_ERROR(ReadInt("router.max_attempts", &c.router.max_attempts, 1, 100));
+    STRATA_RETURN_IF_ERROR(
+        ReadSeconds("router.inactivity_timeout_s", &c.router.inactivity_timeout_s, 1, 86400));
+    STRATA_RETURN_IF_ERROR(
+        ReadSeconds("router.request_timeout_s", &c.router.request_timeout_s, 1, 7 * 86400));
 
     STRATA_RETURN_IF_ERROR(CheckKeys(
         "prefill", {"count", "host", "base_port", "threads", "chunk_tokens", "kv_blocks"}));
@@ -86,6 +92,21 @@ class Parser {
     STRATA_RETURN_IF_ERROR(ReadInt("decode.kv_blocks", &c.decode.kv_blocks, 1, 1 << 30));
     STRATA_RETURN_IF_ERROR(ReadInt("decode.max_batch", &c.decode.max_batch, 1, 1 << 16));
     STRATA_RETURN_IF_ERROR(ReadInt("decode.max_queue", &c.decode.max_queue, 1, 1 << 20));
+
+    STRATA_RETURN_IF_ERROR(CheckKeys(
+        "supervise", {"max_restarts", "window_s", "backoff_s", "max_backoff_s", "reset_after_s"}));
+    STRATA_RETURN_IF_ERROR(ReadInt("supervise.max_restarts", &c.supervise.max_restarts, 0, 1000));
+    STRATA_RETURN_IF_ERROR(ReadSeconds("supervise.window_s", &c.supervise.window_s, 1, 86400));
+    STRATA_RETURN_IF_ERROR(ReadSeconds("supervise.backoff_s", &c.supervise.backoff_s, 0.01, 3600));
+    STRATA_RETURN_IF_ERROR(
+        ReadSeconds("supervise.max_backoff_s", &c.supervise.max_backoff_s, 0.01, 3600));
+    if (c.supervise.max_backoff_s < c.supervise.backoff_s) {
+      return Error("supervise.max_backoff_s",
+                   absl::StrCat("is ", c.supervise.max_backoff_s,
+                                ", less than supervise.backoff_s (", c.supervise.backoff_s, ")"));
+    }
+    STRATA_RETURN_IF_ERROR(
+        ReadSeconds("supervise.reset_after_s", &c.supervise.reset_after_s, 0.01, 86400));
 
     STRATA_RETURN_IF_ERROR(CheckPorts(c));
     return c;
@@ -149,6 +170,15 @@ class Parser {
     STRATA_RETURN_IF_ERROR(Read(path, out));
     if (*out < min || *out > max)
       return Error(path, absl::StrCat("is ", *out, ", want ", min, "..", max));
+    return absl::OkStatus();
+  }
+
+  // A duration in seconds (an integer or a decimal number).
+  absl::Status ReadSeconds(absl::string_view path, double* out, double min, double max) const {
+    STRATA_RETURN_IF_ERROR(Read(path, out));
+    // `!(in range)` also catches NaN (".nan" in YAML).
+    if (!(*out >= min && *out <= max))
+      return Error(path, absl::StrCat("is ", *out, ", want ", min, "..", max, " (seconds)"));
     return absl::OkStatus();
   }
 

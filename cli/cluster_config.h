@@ -30,6 +30,9 @@ struct RouterSettings {
   std::string policy = "least_load";  // round_robin | least_load
   int max_inflight = 256;
   std::vector<ApiKey> api_keys;
+  int max_attempts = 3;              // decode attempts per request (moves off failed workers)
+  double inactivity_timeout_s = 15;  // no event from a decode worker for this long: it is hung
+  double request_timeout_s = 3600;   // every request's deadline
 };
 
 struct PrefillSettings {
@@ -49,6 +52,18 @@ struct DecodeSettings {
   int kv_blocks = 4096;
   int max_batch = 32;
   int max_queue = 256;
+};
+
+// What `strata up` does when one of its processes (a service, the private Redis) exits without
+// being asked to: restart it after a backoff that doubles from backoff_s up to max_backoff_s
+// (back to backoff_s once it has stayed up reset_after_s), and give up on it when it would be its
+// restart number max_restarts + 1 within window_s.
+struct SuperviseSettings {
+  int max_restarts = 5;  // 0: never restart
+  double window_s = 60;
+  double backoff_s = 0.5;
+  double max_backoff_s = 10;
+  double reset_after_s = 30;
 };
 
 // Where one service listens.
@@ -77,6 +92,7 @@ struct ClusterConfig {
   RouterSettings router;
   PrefillSettings prefill;
   DecodeSettings decode;
+  SuperviseSettings supervise;
 
   // `model_name`, or the model folder's base name when that is empty.
   std::string ServedModelName() const;

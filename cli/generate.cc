@@ -57,8 +57,8 @@ absl::Status Run(const Flags& f) {
     std::vector<engine::ChatMessage> messages;
     if (!f.system.empty()) messages.push_back({"system", f.system});
     messages.push_back({"user", f.chat});
-    STRATA_ASSIGN_OR_RETURN(std::string text, tokenizer->ApplyChatTemplate(messages, true));
-    prompt = tokenizer->Encode(text);
+    // As the router encodes a chat: control-token text in the message stays text.
+    STRATA_ASSIGN_OR_RETURN(prompt, tokenizer->EncodeChat(messages, true));
   } else {
     std::string text = f.prompt;
     if (f.kind == PromptKind::kFile) {

@@ -72,7 +72,12 @@ absl::Status RunRouter(const RouterFlags& f) {
   STRATA_ASSIGN_OR_RETURN(auto tokenizer, engine::Tokenizer::Load(config.model));
   STRATA_ASSIGN_OR_RETURN(auto registry, ConnectRegistry(config.RedisAddress(), config.cluster));
   STRATA_ASSIGN_OR_RETURN(auto policy, router::MakePolicy(config.router.policy));
-  router::ClusterUpstream upstream(*registry, std::move(policy), {.model = config.ServedModelName()});
+  router::ClusterUpstream upstream(
+      *registry, std::move(policy),
+      {.model = config.ServedModelName(),
+       .max_attempts = config.router.max_attempts,
+       .inactivity_timeout = absl::Seconds(config.router.inactivity_timeout_s),
+       .request_timeout = absl::Seconds(config.router.request_timeout_s)});
   absl::Status first = upstream.Refresh();
   if (!first.ok()) spdlog::warn("registry not readable yet: {}", first.ToString());
 

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/status.h"
 #include "spdlog/spdlog.h"
 
 extern char** environ;
@@ -173,6 +174,18 @@ Supervisor::Supervisor(Options options) : options_(std::move(options)) {}
 Supervisor::~Supervisor() { Stop(); }
 
 absl::StatusOr<pid_t> Supervisor::Start(const ChildSpec& spec) {
+  auto child = std::make_unique<Child>(options_.restart);
+  child->spec = spec;
+  STRATA_RETURN_IF_ERROR(Spawn(*child));
+  children_.push_back(std::move(child));
+  return children_.back()->process->pid;
+}
+
+absl::Status Supervisor::Spawn(Child& c) {
+  // Only a reaped process is replaced (Start makes a new child; RestartDue acts after Reap, which
+  // has already given its output time to drain).
+  if (c.process != nullptr) Retire(*c.process, absl::Now());
+  const ChildSpec& spec = c.spec;
   if (spec.argv.empty())
     return absl::InvalidArgumentError(absl::StrCat(spec.name, ": empty command line"));
   absl::StatusOr<std::string> program = ResolveProgram(spec.argv[0]);
@@ -237,29 +250,28 @@ absl::StatusOr<pid_t> Supervisor::Start(const ChildSpec& spec) {
   close(pipe_fds[1]);
   if (null_fd >= 0) close(null_fd);
 
-  auto child = std::make_unique<Child>();
-  child->spec = spec;
-  child->pid = pid;
-  child->out_fd = pipe_fds[0];
-  Child& c = *child;
-  children_.push_back(std::move(child));
-  c.forwarder = std::thread([this, &c] { Forward(c); });
+  c.process = std::make_unique<Process>();
+  Process& process = *c.process;
+  process.pid = pid;
+  process.started = absl::Now();
+  process.out_fd = pipe_fds[0];
+  process.forwarder = std::thread([this, &c, &process] { Forward(c, process); });
   spdlog::debug("supervisor: started {} (pid {})", spec.name, pid);
-  return pid;
+  return absl::OkStatus();
 }
 
-void Supervisor::Forward(Child& child) {
+void Supervisor::Forward(Child& child, Process& process) {
   std::string pending;
   char buf[4096];
   while (true) {
-    pollfd p{child.out_fd, POLLIN, 0};
+    pollfd p{process.out_fd, POLLIN, 0};
     const int r = poll(&p, 1, 100);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) {
-      if (child.abandon_output.load()) break;
+      if (process.abandon_output.load()) break;
       continue;
     }
-    const ssize_t n = read(child.out_fd, buf, sizeof(buf));
+    const ssize_t n = read(process.out_fd, buf, sizeof(buf));
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (n <= 0) break;  // EOF: the child and everything it started have closed the pipe
     pending.append(buf, static_cast<size_t>(n));
@@ -274,7 +286,7 @@ void Supervisor::Forward(Child& child) {
     }
   }
   if (!pending.empty()) Emit(child, pending);
-  child.forwarder_done.Notify();
+  process.forwarder_done.Notify();
 }
 
 void Supervisor::Emit(Child& child, absl::string_view line) {
@@ -295,28 +307,88 @@ void Supervisor::Emit(Child& child, absl::string_view line) {
   }
 }
 
+void Supervisor::Event(Severity severity, const std::string& message) {
+  if (options_.events) {
+    options_.events(message);
+  } else if (severity == Severity::kWarning) {
+    spdlog::warn("{}", message);
+  } else {
+    spdlog::info("{}", message);
+  }
+}
+
 std::vector<ChildExit> Supervisor::Reap() {
   std::vector<ChildExit> exits;
   for (const std::unique_ptr<Child>& child : children_) {
-    if (child->exited || !Exited(child->pid)) continue;
+    Process* process = child->process.get();
+    if (process == nullptr || process->exited || !Exited(process->pid)) continue;
     // Whatever the child started and left behind in its group goes with it.
-    kill(-child->pid, SIGKILL);
+    kill(-process->pid, SIGKILL);
     int status = 0;
-    if (waitpid(child->pid, &status, 0) != child->pid) status = 0;
-    child->exited = true;
+    if (waitpid(process->pid, &status, 0) != process->pid) status = 0;
+    process->exited = true;
     // Its last words (often the reason it exited) belong in the tail before anyone reports it.
-    child->forwarder_done.WaitForNotificationWithTimeout(kOutputDrain);
-    exits.push_back({child->spec.name, child->pid, status});
-    spdlog::debug("supervisor: {} (pid {}) {}", child->spec.name, child->pid,
+    process->forwarder_done.WaitForNotificationWithTimeout(kOutputDrain);
+    exits.push_back({child->spec.name, process->pid, status, absl::Now() - process->started});
+    spdlog::debug("supervisor: {} (pid {}) {}", child->spec.name, process->pid,
                   exits.back().Describe());
   }
   return exits;
 }
 
+void Supervisor::OnUnexpectedExit(Child& child, absl::Time started, const std::string& what) {
+  const absl::Time now = absl::Now();
+  const RestartTracker::Decision decision = child.restarts.OnExit(started, now);
+  const std::string& name = child.spec.name;
+  const RestartPolicy& policy = options_.restart;
+  if (decision.give_up) {
+    child.given_up = true;
+    const std::string tail = Tail(name);
+    const std::string why =
+        policy.max_restarts == 0
+            ? absl::StrCat("giving up on ", name, " (restarts are off): it ", what)
+            : absl::StrCat("giving up on ", name, " after ", decision.restarts_in_window,
+                           decision.restarts_in_window == 1 ? " restart" : " restarts", " in ",
+                           FormatSeconds(policy.window), ": it ", what);
+    give_ups_.push_back(absl::StrCat(why, tail.empty() ? "" : "; its last output:\n", tail));
+    return;
+  }
+  child.restart_at = now + decision.backoff;
+  Event(Severity::kWarning,
+        absl::StrCat(name, " ", what, " after ", FormatSeconds(now - started),
+                     " up; restarting it in ", FormatSeconds(decision.backoff), " (restart ",
+                     decision.restarts_in_window + 1, " of at most ", policy.max_restarts, " in ",
+                     FormatSeconds(policy.window), ")"));
+}
+
+void Supervisor::RestartDue() {
+  for (const std::unique_ptr<Child>& child : children_) {
+    const absl::Time now = absl::Now();
+    if (child->restart_at > now) continue;
+    child->restart_at = absl::InfiniteFuture();
+    if (absl::Status started = Spawn(*child); !started.ok()) {
+      // Rare (fork failing, the program removed): counts as one more exit, with the same backoff
+      // and limit, so a lasting cause ends in giving up rather than a loop.
+      OnUnexpectedExit(*child, now, absl::StrCat("could not be restarted: ", started.message()));
+      continue;
+    }
+    Event(Severity::kInfo,
+          absl::StrCat("restarted ", child->spec.name, " (pid ", child->process->pid, ", restart ",
+                       child->restarts.total_restarts(), ")"));
+  }
+}
+
 int Supervisor::running() const {
   return static_cast<int>(
-      std::count_if(children_.begin(), children_.end(),
-                    [](const std::unique_ptr<Child>& c) { return !c->exited; }));
+      std::count_if(children_.begin(), children_.end(), [](const std::unique_ptr<Child>& c) {
+        return c->process != nullptr && !c->process->exited;
+      }));
+}
+
+bool Supervisor::GivenUp(absl::string_view name) const {
+  return std::any_of(children_.begin(), children_.end(), [&](const std::unique_ptr<Child>& c) {
+    return c->spec.name == name && c->given_up;
+  });
 }
 
 std::string Supervisor::Tail(absl::string_view name) const {
@@ -354,31 +426,47 @@ absl::Status Supervisor::WaitReady(absl::string_view name, const std::function<b
 }
 
 absl::StatusOr<int> Supervisor::Watch(SignalWaiter& signals) {
+  // The timeout is a backstop only: a child's exit arrives as SIGCHLD.
+  constexpr absl::Duration kBackstop = absl::Seconds(1);
   while (true) {
+    // First: a stop asked for while children were exiting must not restart them.
+    if (const int signo = signals.Wait(absl::ZeroDuration()); signo != 0) return signo;
     for (const ChildExit& exit : Reap()) {
-      const std::string tail = Tail(exit.name);
-      return absl::AbortedError(absl::StrCat(exit.name, " (pid ", exit.pid, ") ", exit.Describe(),
-                                             tail.empty() ? "" : "; its last output:\n", tail));
+      for (const std::unique_ptr<Child>& child : children_) {
+        if (child->spec.name != exit.name) continue;
+        OnUnexpectedExit(*child, absl::Now() - exit.uptime,
+                         absl::StrCat("(pid ", exit.pid, ") ", exit.Describe()));
+      }
     }
-    // The timeout is a backstop only: a child's exit arrives as SIGCHLD.
-    if (const int signo = signals.Wait(absl::Seconds(1)); signo != 0) return signo;
+    RestartDue();
+    if (!give_ups_.empty()) {
+      std::string message = std::move(give_ups_.front());
+      give_ups_.pop_front();
+      return absl::AbortedError(message);
+    }
+    absl::Time next = absl::Now() + kBackstop;
+    for (const std::unique_ptr<Child>& child : children_) next = std::min(next, child->restart_at);
+    if (const int signo = signals.Wait(next - absl::Now()); signo != 0) return signo;
   }
 }
 
 void Supervisor::Stop(const std::function<bool()>& hurry) {
+  // Nothing is restarted from here on, not even a restart that was due.
+  for (const std::unique_ptr<Child>& child : children_) child->restart_at = absl::InfiniteFuture();
   Reap();
+  auto live = [](const Child& c) { return c.process != nullptr && !c.process->exited; };
   std::set<int> orders;
   for (const std::unique_ptr<Child>& child : children_) {
-    if (!child->exited) orders.insert(child->spec.stop_order);
+    if (live(*child)) orders.insert(child->spec.stop_order);
   }
   const absl::Time deadline = absl::Now() + options_.stop_timeout;
   bool hurried = false;
   for (int order : orders) {
-    auto in_group = [&](const Child& c) { return !c.exited && c.spec.stop_order == order; };
+    auto in_group = [&](const Child& c) { return live(c) && c.spec.stop_order == order; };
     for (const std::unique_ptr<Child>& child : children_) {
       if (in_group(*child)) {
-        spdlog::debug("supervisor: stopping {} (pid {})", child->spec.name, child->pid);
-        SignalGroup(child->pid, SIGTERM);
+        spdlog::debug("supervisor: stopping {} (pid {})", child->spec.name, child->process->pid);
+        SignalGroup(child->process->pid, SIGTERM);
       }
     }
     const absl::Time group_deadline =
@@ -394,14 +482,15 @@ void Supervisor::Stop(const std::function<bool()>& hurry) {
           if (!in_group(*child)) continue;
           if (!hurried) {
             spdlog::warn("{} (pid {}) did not stop within {} of SIGTERM; killing it",
-                         child->spec.name, child->pid, absl::FormatDuration(options_.stop_timeout));
+                         child->spec.name, child->process->pid,
+                         absl::FormatDuration(options_.stop_timeout));
           }
-          SignalGroup(child->pid, SIGKILL);
+          SignalGroup(child->process->pid, SIGKILL);
         }
         // SIGKILL cannot be caught: waiting now is bounded.
         for (const std::unique_ptr<Child>& child : children_) {
           if (!in_group(*child)) continue;
-          while (!Exited(child->pid)) absl::SleepFor(kPollInterval);
+          while (!Exited(child->process->pid)) absl::SleepFor(kPollInterval);
         }
         continue;  // Reap() them above
       }
@@ -411,16 +500,20 @@ void Supervisor::Stop(const std::function<bool()>& hurry) {
   JoinForwarders();
 }
 
+void Supervisor::Retire(Process& process, absl::Time drain_deadline) {
+  if (!process.forwarder.joinable()) return;
+  process.forwarder_done.WaitForNotificationWithTimeout(
+      std::max(drain_deadline - absl::Now(), absl::ZeroDuration()));
+  process.abandon_output = true;
+  process.forwarder.join();
+  close(process.out_fd);
+  process.out_fd = -1;
+}
+
 void Supervisor::JoinForwarders() {
   const absl::Time deadline = absl::Now() + kOutputDrain;
   for (const std::unique_ptr<Child>& child : children_) {
-    if (!child->forwarder.joinable()) continue;
-    child->forwarder_done.WaitForNotificationWithTimeout(
-        std::max(deadline - absl::Now(), absl::ZeroDuration()));
-    child->abandon_output = true;
-    child->forwarder.join();
-    close(child->out_fd);
-    child->out_fd = -1;
+    if (child->process != nullptr) Retire(*child->process, deadline);
   }
 }
 

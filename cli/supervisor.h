@@ -1,13 +1,24 @@
 // Runs a set of child processes as one unit, for `strata up`: starts them, forwards their output
-// line by line as "[name] line", notices when one exits, and stops them all (SIGTERM, then SIGKILL
-// after a timeout) leaving no process behind.
+// line by line as "[name] line", restarts one that exits on its own (with a backoff, and up to a
+// limit, after which it is given up on and the others go on), and stops them all (SIGTERM, then
+// SIGKILL after a timeout) leaving no process behind.
 //
 //   SignalWaiter signals;                       // first: block SIGINT/SIGTERM/SIGCHLD
-//   Supervisor supervisor({});
+//   Supervisor supervisor({.restart = policy});
 //   STRATA_RETURN_IF_ERROR(supervisor.Start({.name = "decode-0", .argv = {...}}).status());
 //   STRATA_RETURN_IF_ERROR(supervisor.WaitReady("decode-0", is_ready, absl::Minutes(2), pause));
-//   absl::StatusOr<int> stop_signal = supervisor.Watch(signals);   // until Ctrl-C or a crash
+//   while (true) {
+//     absl::StatusOr<int> stop_signal = supervisor.Watch(signals);  // restarts children meanwhile
+//     if (stop_signal.ok()) break;                                  // Ctrl-C or SIGTERM
+//     // else a child was given up on (supervisor.GivenUp(name)): carry on without it, or stop
+//   }
 //   supervisor.Stop();
+//
+// Restarts happen only inside Watch(): a child that exits while starting (WaitReady) or while
+// stopping (Stop) is never restarted, and once Watch() has returned a stop signal nothing is.
+// Every exit Watch() sees and every restart is reported through Options::events with the child's
+// name, its exit status or signal and the next backoff (RestartTracker decides); a giving-up is
+// Watch()'s error, for the caller to report and act on.
 //
 // How "no orphans" holds:
 //  - each child runs in its own process group, so a Ctrl-C in the terminal reaches only us, and we
@@ -15,9 +26,10 @@
 //  - each child has PR_SET_PDEATHSIG = SIGTERM, so it is told to stop even if we are SIGKILLed;
 //  - when a child exits, what is left of its process group is SIGKILLed before it is reaped.
 //
-// Threading: Start, Reap, WaitReady, Watch and Stop are called from one thread, the one that
-// lives as long as the children (PR_SET_PDEATHSIG fires when the *thread* that forked exits).
-// Tail may be called from any thread. Output lines are forwarded from one thread per child.
+// Threading: Start, Reap, WaitReady, Watch, Stop and GivenUp are called from one thread, the one
+// that lives as long as the children (PR_SET_PDEATHSIG fires when the *thread* that forked exits;
+// restarts fork from it too). Tail may be called from any thread. Output lines are forwarded from
+// one thread per child process.
 #pragma once
 
 #include <signal.h>
@@ -39,6 +51,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "cli/restart_policy.h"
 
 namespace strata::cli {
 
@@ -52,7 +65,8 @@ struct ChildSpec {
 struct ChildExit {
   std::string name;
   pid_t pid = 0;
-  int wait_status = 0;  // as from waitpid
+  int wait_status = 0;    // as from waitpid
+  absl::Duration uptime;  // how long this run of the child lasted
   // "exited with status 3", "was killed by signal 9 (Killed)".
   std::string Describe() const;
 };
@@ -84,6 +98,11 @@ class Supervisor {
     // Receives every output line, prefixed, one call at a time. Default: written to stderr.
     std::function<void(absl::string_view line)> output;
     size_t tail_lines = 20;  // lines of each child's output kept for error messages
+    // What Watch() does when a child exits on its own.
+    RestartPolicy restart;
+    // Receives the supervisor's own messages about exits and restarts, from the supervising thread.
+    // Default: logged (an exit as a warning, a restart as information).
+    std::function<void(absl::string_view message)> events;
   };
 
   explicit Supervisor(Options options);
@@ -108,38 +127,65 @@ class Supervisor {
   absl::Status WaitReady(absl::string_view name, const std::function<bool()>& ready,
                          absl::Duration timeout, const std::function<bool(absl::Duration)>& pause);
 
-  // Waits until SIGINT or SIGTERM arrives (returns it) or a child exits (an error naming it,
-  // with its last output). Stops nothing.
+  // Supervises until SIGINT or SIGTERM arrives (returns it) or a child is given up on (an Aborted
+  // error: "giving up on decode-0 after 5 restarts in 60 s: it (pid 12) exited with status 1; its
+  // last output: ..."). Meanwhile a child that exits is restarted after its backoff. After a
+  // giving-up the others go on running and Watch() may be called again to go on supervising them;
+  // a restart that was due is then done. A stop signal wins over a child's exit seen at the same
+  // time: nothing is restarted after one. Stops nothing.
   absl::StatusOr<int> Watch(SignalWaiter& signals);
+
+  // True once Watch() has given up on child `name`.
+  bool GivenUp(absl::string_view name) const;
 
   // Stops every child still running, in `stop_order` groups: SIGTERM to each process group, then
   // SIGKILL to those still there after the timeout, or at once when `hurry()` returns true (a
   // second Ctrl-C). Returns when every child is reaped. Idempotent.
   void Stop(const std::function<bool()>& hurry = nullptr);
 
-  // Children started and not yet reaped.
+  // Child processes started and not yet reaped (a child waiting for its restart is not counted).
   int running() const;
 
  private:
-  struct Child {
-    ChildSpec spec;
+  // One run of a child: a restart is a new Process.
+  struct Process {
     pid_t pid = -1;
+    absl::Time started;
     int out_fd = -1;
-    bool exited = false;
+    bool exited = false;  // reaped
     std::thread forwarder;
     absl::Notification forwarder_done;
     std::atomic<bool> abandon_output{false};  // stop reading even without EOF
+  };
+  struct Child {
+    explicit Child(const RestartPolicy& policy) : restarts(policy) {}
+    ChildSpec spec;
+    std::unique_ptr<Process> process;  // the latest run; null only if a restart could not fork
+    RestartTracker restarts;
+    absl::Time restart_at = absl::InfiniteFuture();  // when a restart is due
+    bool given_up = false;
     mutable absl::Mutex tail_mu;
-    std::deque<std::string> tail ABSL_GUARDED_BY(tail_mu);
+    std::deque<std::string> tail ABSL_GUARDED_BY(tail_mu);  // across restarts
   };
 
-  void Forward(Child& child);
+  absl::Status Spawn(Child& child);
+  void Forward(Child& child, Process& process);
   void Emit(Child& child, absl::string_view line);
+  // Joins the forwarder of a reaped process (waiting at most kOutputDrain for its last lines).
+  void Retire(Process& process, absl::Time drain_deadline);
   void JoinForwarders();
+  // Decides what becomes of a child whose process exited: a restart is scheduled, or it is given
+  // up on (the message is queued for Watch to return).
+  // `what` says what happened: "(pid 12) exited with status 1".
+  void OnUnexpectedExit(Child& child, absl::Time started, const std::string& what);
+  void RestartDue();
+  enum class Severity { kInfo, kWarning };
+  void Event(Severity severity, const std::string& message);
 
   const Options options_;
   std::vector<std::unique_ptr<Child>> children_;
-  absl::Mutex output_mu_;  // one output line at a time
+  std::deque<std::string> give_ups_;  // messages of givings-up Watch has yet to return
+  absl::Mutex output_mu_;             // one output line at a time
 };
 
 // Readiness probes and checks `strata up` runs before and after starting children.

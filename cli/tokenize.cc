@@ -2,6 +2,9 @@
 #include <cstdio>
 #include <iostream>
 #include <iterator>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
@@ -38,7 +41,8 @@ void AddTokenizeCommands(CLI::App& app, int* exit_code) {
   CLI::Option* file_opt = tok->add_option("--file", flags->file, "read the text from a file (- for stdin)");
   text_opt->excludes(file_opt);
   tok->add_flag("--chat", flags->chat,
-                "wrap the text as a user turn in DeepSeek's chat format (BOS, <｜User｜>…<｜Assistant｜>)");
+                "wrap the text as a user turn in DeepSeek's chat format (BOS, <｜User｜>…<｜Assistant｜>), as "
+                "the router encodes a chat: control-token text in the message stays text");
   tok->add_option("--system", flags->system, "with --chat: a system prompt");
   tok->callback([flags, exit_code, text_opt] {
     auto tokenizer = engine::Tokenizer::Load(flags->model);
@@ -51,17 +55,23 @@ void AddTokenizeCommands(CLI::App& app, int* exit_code) {
       *exit_code = Fail("tokenize", std::string(text.status().message()));
       return;
     }
+    std::vector<int32_t> ids;
     if (flags->chat) {
+      // As the router encodes a chat: the text is a message's content, so control-token text in
+      // it stays text.
       std::vector<engine::ChatMessage> messages;
       if (!flags->system.empty()) messages.push_back({"system", flags->system});
       messages.push_back({"user", *text});
-      text = (*tokenizer)->ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
-      if (!text.ok()) {
-        *exit_code = Fail("tokenize", std::string(text.status().message()));
+      absl::StatusOr<std::vector<int32_t>> chat_ids =
+          (*tokenizer)->EncodeChat(messages, /*add_generation_prompt=*/true);
+      if (!chat_ids.ok()) {
+        *exit_code = Fail("tokenize", std::string(chat_ids.status().message()));
         return;
       }
+      ids = *std::move(chat_ids);
+    } else {
+      ids = (*tokenizer)->Encode(*text);
     }
-    std::vector<int32_t> ids = (*tokenizer)->Encode(*text);
     std::printf("%s\n", absl::StrJoin(ids, " ").c_str());
   });
 

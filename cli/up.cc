@@ -1,9 +1,27 @@
 // strata up: a whole cluster on this machine (DESIGN.md §7). Starts a private redis-server
 // (unless the cluster file names a Redis), the prefill and decode workers, then the router, each
 // as a child process running this same binary; waits until every one answers /healthz; prints the
-// URL and a curl command; and on Ctrl-C or SIGTERM, or when any child exits, stops them all.
+// URL and a curl command; supervises them until Ctrl-C or SIGTERM, then stops them all.
+//
+// Supervision (the cluster file's `supervise:` section, see Supervisor and RestartTracker):
+//  - A child that dies while the cluster is starting fails the start: everything is stopped and
+//    `strata up` exits 1 (a bad model, flag or port is not fixed by trying again).
+//  - Once the cluster is up, a child that exits on its own, whatever its status or signal, is
+//    restarted after a backoff (backoff_s, doubling up to max_backoff_s, back to backoff_s after
+//    reset_after_s up); each exit and restart is logged with its status and the next backoff. The
+//    others keep serving meanwhile: workers re-register in Redis under a new id, the router finds
+//    them there; after a Redis restart every service's heartbeat puts its record back within a
+//    third of its lease.
+//  - A child that would need more than max_restarts restarts within window_s is given up on
+//    ("giving up on decode-0 after 5 restarts in 60 s ..."). `strata up` carries on without it
+//    while the cluster can still serve, i.e. the router and (if private) Redis are running and at
+//    least one prefill and one decode worker are; otherwise it stops the rest and exits 1.
+//  - Ctrl-C or SIGTERM stops everything (nothing is restarted from then on), router first, Redis
+//    last; `strata up` then exits 0, even if it had given up on some worker before. A second
+//    Ctrl-C skips the grace period.
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -76,6 +94,34 @@ absl::Status Preflight(const ClusterConfig& config) {
   return absl::OkStatus();
 }
 
+RestartPolicy PolicyOf(const SuperviseSettings& s) {
+  return {.max_restarts = s.max_restarts,
+          .window = absl::Seconds(s.window_s),
+          .initial_backoff = absl::Seconds(s.backoff_s),
+          .max_backoff = absl::Seconds(s.max_backoff_s),
+          .reset_after = absl::Seconds(s.reset_after_s)};
+}
+
+// Why the cluster cannot serve any more, given the children given up on so far; "" while it can.
+std::string WhatIsLost(const ClusterConfig& config, const Supervisor& supervisor) {
+  if (supervisor.GivenUp("router")) return "the router is gone";
+  if (config.private_redis() && supervisor.GivenUp("redis")) {
+    // The workers would go on serving the router's last view, but nothing could register again.
+    return "the private Redis is gone (no service can register or be found)";
+  }
+  auto all_gone = [&](int count, auto endpoints) {
+    for (int i = 0; i < count; ++i) {
+      if (!supervisor.GivenUp((config.*endpoints)(i).name)) return false;
+    }
+    return true;
+  };
+  if (all_gone(config.prefill.count, &ClusterConfig::PrefillEndpoints))
+    return "no prefill worker is left";
+  if (all_gone(config.decode.count, &ClusterConfig::DecodeEndpoints))
+    return "no decode worker is left";
+  return "";
+}
+
 std::string CurlCommand(const ClusterConfig& config) {
   const ServiceEndpoints router = config.RouterEndpoints();
   const std::string url = absl::StrCat(
@@ -119,7 +165,11 @@ int RunUp(const UpFlags& flags) {
     std::error_code ignored;
     if (!redis_dir.empty()) std::filesystem::remove_all(redis_dir, ignored);
   };
-  Supervisor supervisor({.stop_timeout = absl::Seconds(flags.stop_timeout_s)});
+  Supervisor supervisor({.stop_timeout = absl::Seconds(flags.stop_timeout_s),
+                         .restart = PolicyOf(config.supervise),
+                         .events = [](absl::string_view message) {
+                           spdlog::warn("strata up: {}", std::string(message));
+                         }});
   const absl::Duration ready_timeout = absl::Seconds(flags.ready_timeout_s);
   int exit_code = 0;
   auto fail = [&](const std::string& message) {
@@ -222,11 +272,26 @@ int RunUp(const UpFlags& flags) {
         config.decode.count, redis.c_str(), config.private_redis() ? " (private)" : "",
         UrlHost(ConnectHost(router.host), router.http_port).c_str(), CurlCommand(config).c_str());
     std::fflush(stdout);
-    absl::StatusOr<int> stop = supervisor.Watch(signals);
-    if (stop.ok()) {
-      stop_requested = true;
-    } else {
-      fail(std::string(stop.status().message()));
+    std::vector<std::string> given_up;
+    while (true) {
+      absl::StatusOr<int> stop = supervisor.Watch(signals);
+      if (stop.ok()) {
+        stop_requested = true;
+        break;
+      }
+      spdlog::error("strata up: {}", std::string(stop.status().message()));
+      if (const std::string lost = WhatIsLost(config, supervisor); !lost.empty()) {
+        fail(absl::StrCat("stopping the cluster: ", lost));
+        break;
+      }
+      for (const ServiceEndpoints& service : config.AllServices()) {
+        if (!supervisor.GivenUp(service.name) ||
+            std::find(given_up.begin(), given_up.end(), service.name) != given_up.end()) {
+          continue;
+        }
+        given_up.push_back(service.name);
+        spdlog::warn("strata up: the cluster goes on serving without {}", service.name);
+      }
     }
   }
   if (supervisor.running() > 0) spdlog::info("strata up: stopping the cluster");
@@ -243,10 +308,10 @@ void AddUpCommand(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "up",
       "Start a whole cluster on this machine: a private Redis (unless the file names one), the "
-      "router and the "
-      "prefill and decode workers, each a child process. Waits until all are ready, prints the URL "
-      "and a curl "
-      "command, and stops every process on Ctrl-C or SIGTERM, or when one of them exits.");
+      "router and the prefill and decode workers, each a child process. Waits until all are ready, "
+      "prints the URL and a curl command, restarts a process that dies (as the file's 'supervise' "
+      "section says), and stops every process on Ctrl-C or SIGTERM, or when the cluster can no "
+      "longer serve.");
   cmd->add_option("--config", flags->config, "cluster file")->capture_default_str();
   cmd->add_option("--model", flags->model, "model folder (overrides the file's 'model')");
   cmd->add_option("--ready-timeout", flags->ready_timeout_s,

@@ -164,7 +164,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (id != current_id_ || phase_ != Phase::kHandling) return;
     std::string out = Head(response.status, response.content_type, response.headers);
     absl::StrAppend(&out, "Content-Length: ", response.body.size(), "\r\n\r\n");
-    out += response.body;
+    if (!head_) out += response.body;  // a response to HEAD has no body, whatever its headers say
     Enqueue(std::move(out), 0);
     phase_ = Phase::kFlushing;
     DoWrite();
@@ -173,12 +173,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void StartStream(uint64_t id, int status, const std::string& content_type,
                    const HttpHeaders& headers) {
     if (id != current_id_ || phase_ != Phase::kHandling) return;
+    // An HTTP/1.0 body ends where the connection does: say so in the head (Connection: close).
+    if (http10_) keep_alive_ = false;
     std::string out = Head(status, content_type, headers);
-    if (http10_) {
-      keep_alive_ = false;  // the body ends where the connection does
-    } else {
-      out += "Transfer-Encoding: chunked\r\n";
-    }
+    if (!http10_) out += "Transfer-Encoding: chunked\r\n";
     out += "\r\n";
     Enqueue(std::move(out), 0);
     phase_ = Phase::kStreaming;
@@ -194,6 +192,10 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     if (size == 0) return;  // an empty chunk would end a chunked body
+    if (head_) {  // a response to HEAD has no body: the stream's data is dropped
+      if (auto exchange = exchange_.lock()) exchange->Written(size);
+      return;
+    }
     if (http10_) {
       Enqueue(std::move(data), size);
     } else {
@@ -204,7 +206,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void Finish(uint64_t id) {
     if (id != current_id_ || phase_ != Phase::kStreaming) return;
-    if (!http10_) Enqueue("0\r\n\r\n", 0);
+    if (!http10_ && !head_) Enqueue("0\r\n\r\n", 0);
     phase_ = Phase::kFlushing;
     if (!writing_ && out_.empty()) {
       ResponseDone();
@@ -276,6 +278,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void DoRead() {
     phase_ = Phase::kReading;
+    head_ = false;  // an error answered before the next request is parsed has its body
     parser_.emplace();
     parser_->body_limit(core_.options.max_body_bytes);
     parser_->header_limit(static_cast<uint32_t>(core_.options.max_header_bytes));
@@ -343,6 +346,7 @@ class Session : public std::enable_shared_from_this<Session> {
     method_ = request.method;
     path_ = request.path;
     http10_ = message.version() < 11;
+    head_ = message.method() == http::verb::head;
     keep_alive_ = message.keep_alive() && !core_.is_stopping();
 
     phase_ = Phase::kHandling;
@@ -476,6 +480,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string method_, path_;  // of the current request, for logs
   bool keep_alive_ = true;
   bool http10_ = false;
+  bool head_ = false;  // the current request is a HEAD
   bool watching_ = false;
   bool writing_ = false;
   std::deque<Piece> out_;

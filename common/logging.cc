@@ -70,4 +70,20 @@ absl::Status InitLogging(const LogOptions& options) {
   return absl::OkStatus();
 }
 
+bool LogRateLimiter::Allow(absl::Time now, int64_t* suppressed) {
+  absl::MutexLock lock(&mu_);
+  if (now - window_start_ >= period_) {
+    window_start_ = now;
+    in_window_ = 0;
+  }
+  if (in_window_ >= burst_) {
+    ++suppressed_;
+    return false;
+  }
+  ++in_window_;
+  *suppressed = suppressed_;
+  suppressed_ = 0;
+  return true;
+}
+
 }  // namespace strata

@@ -8,6 +8,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "spdlog/spdlog.h"
 
 namespace strata {
@@ -27,5 +29,27 @@ std::unique_ptr<spdlog::formatter> MakeLogFormatter(const LogOptions& options);
 absl::Status InitLogging(const LogOptions& options);
 
 absl::StatusOr<LogFormat> ParseLogFormat(absl::string_view name);
+
+// Lets at most `burst` lines through per `period` and counts the rest, so that an outage that
+// fails every request logs a few lines a second, not one per request. Thread-safe.
+//
+//   int64_t suppressed = 0;
+//   if (limiter.Allow(clock.Now(), &suppressed)) spdlog::warn("… ({} more not logged)", suppressed);
+class LogRateLimiter {
+ public:
+  explicit LogRateLimiter(int burst = 5, absl::Duration period = absl::Seconds(1))
+      : burst_(burst), period_(period) {}
+  // True if a line may be logged now; then `suppressed` is how many were held back since the
+  // last line let through.
+  bool Allow(absl::Time now, int64_t* suppressed);
+
+ private:
+  const int burst_;
+  const absl::Duration period_;
+  absl::Mutex mu_;
+  absl::Time window_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  int in_window_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
+};
 
 }  // namespace strata

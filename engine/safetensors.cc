@@ -120,7 +120,10 @@ absl::Status SafetensorsFile::ParseHeader() {
       int64_t dim;
       if (d.get(dim) || dim < 0) return bad("shape holds something other than non-negative integers");
       info.shape.push_back(dim);
-      if (dim != 0 && elements > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(dim)) overflow = true;
+      // Every partial product must fit int64, as NumElements multiplies ([2^62, 4, 0] holds no
+      // bytes but would overflow it).
+      constexpr auto kMaxElements = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+      if (dim != 0 && elements > kMaxElements / static_cast<uint64_t>(dim)) overflow = true;
       elements *= static_cast<uint64_t>(dim);
     }
     if (entry["data_offsets"].get(offsets) || offsets.size() != 2) return bad("'data_offsets' is not [begin, end]");

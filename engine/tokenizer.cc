@@ -20,6 +20,21 @@ Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
 
 std::vector<int32_t> Tokenizer::Encode(std::string_view text) const {
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 3 + 4);
+  EncodeTo(text, /*match_added_tokens=*/true, &ids);
+  return ids;
+}
+
+std::vector<int32_t> Tokenizer::EncodePlainText(std::string_view text) const {
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 3 + 4);
+  EncodeTo(text, /*match_added_tokens=*/false, &ids);
+  return ids;
+}
+
+void Tokenizer::EncodeTo(std::string_view text, bool match_added_tokens,
+                         std::vector<int32_t>* ids) const {
   // The reference tokenizes JavaScript strings, which hold no invalid UTF-8; decode invalid
   // input the way its TextDecoder would.
   std::string sanitized;
@@ -27,23 +42,28 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text) const {
     sanitized = internal_tokenizer::SanitizeUtf8(text);
     text = sanitized;
   }
-  std::vector<int32_t> ids;
-  ids.reserve(text.size() / 3 + 4);
   internal_tokenizer::MatchData match_data;
   // The split patterns with Unicode 15+ code points added to their classes are much slower;
   // they are only needed when the text holds such a code point.
   const bool exact = internal_tokenizer::ContainsUnicodeAdditions(text);
+  // The normalizer is the identity (checked at load), so text goes straight to the split
+  // regexes and, piece by piece, to the byte-level BPE. (With DeepSeek's split regexes no piece
+  // spells a whole added token, so plain text never yields one's id; tokenizer_test checks.)
+  auto encode_section = [&](std::string_view section) {
+    pre_tokenizer_->Run(section, exact, match_data,
+                        [&](std::string_view piece) { bpe_->Encode(piece, ids); });
+  };
+  if (!match_added_tokens) {
+    if (!text.empty()) encode_section(text);
+    return;
+  }
   added_tokens_->Split(text, [&](std::string_view section, int32_t id) {
     if (id >= 0) {
-      ids.push_back(id);
-      return;
+      ids->push_back(id);
+    } else {
+      encode_section(section);
     }
-    // The normalizer is the identity (checked at load), so the section goes straight to the
-    // split regexes and, piece by piece, to the byte-level BPE.
-    pre_tokenizer_->Run(section, exact, match_data,
-                        [&](std::string_view piece) { bpe_->Encode(piece, &ids); });
   });
-  return ids;
 }
 
 absl::StatusOr<std::string> Tokenizer::Decode(absl::Span<const int32_t> ids) const {

@@ -1,11 +1,11 @@
 // The DeepSeek tokenizer: byte-level BPE read from a Hugging Face tokenizer.json, giving the
 // same ids as the reference JavaScript tokenizer (@lenml/tokenizers, a port of transformers.js)
-// and rendering DeepSeek's chat format. The serving path encodes prompts with
-// ApplyChatTemplate + Encode and streams generated ids back to text with IncrementalDecoder.
+// and rendering DeepSeek's chat format. The serving path encodes a chat with EncodeChat (the
+// template's markers as control ids, the messages' text only ever as text) and streams generated
+// ids back to text with IncrementalDecoder.
 //
 //   STRATA_ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::Load(dir));
-//   STRATA_ASSIGN_OR_RETURN(std::string prompt, tokenizer->ApplyChatTemplate(messages, true));
-//   std::vector<int32_t> ids = tokenizer->Encode(prompt);
+//   STRATA_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->EncodeChat(messages, true));
 //
 // Text is UTF-8. Input that is not valid UTF-8 is first decoded the way a browser's
 // TextDecoder does (each maximal invalid subpart becomes U+FFFD), so it never fails and gives
@@ -18,6 +18,8 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
@@ -49,8 +51,15 @@ class Tokenizer {
   Tokenizer& operator=(const Tokenizer&) = delete;
 
   // Ids of `text`. Adds no BOS. The text of an added token (e.g. "<｜User｜>") anywhere in
-  // `text` becomes that token's id, as in the reference.
+  // `text` becomes that token's id, as in the reference. For text written by whoever controls
+  // the prompt format (a raw completion prompt, a rendered template); never for a chat
+  // message's content, which would then be able to open roles and end turns (EncodeChat).
   std::vector<int32_t> Encode(std::string_view text) const;
+
+  // Ids of `text` read as plain text: the text of an added token (special or not, e.g.
+  // "<｜end▁of▁sentence｜>", "<｜Assistant｜>") is encoded as its characters, never as the
+  // token's id. Adds no BOS. Equals Encode for text that holds no added token's text.
+  std::vector<int32_t> EncodePlainText(std::string_view text) const;
 
   // Text of `ids`: byte-level tokens are joined and decoded as UTF-8 with replacement, added
   // tokens give their literal text (special tokens included). Error: an id with no token.
@@ -64,6 +73,15 @@ class Tokenizer {
   // (FailedPrecondition).
   absl::StatusOr<std::string> ApplyChatTemplate(absl::Span<const ChatMessage> messages,
                                                 bool add_generation_prompt) const;
+
+  // The prompt ids of a conversation in the chat format above, safe for text a client sends:
+  // the template's own markers (BOS, role and tool-output tokens, EOS) are their ids and each
+  // message's content is plain text (EncodePlainText), so no message can forge a role, end a
+  // turn or write any other control token. Decodes to ApplyChatTemplate's text; equals
+  // Encode(ApplyChatTemplate(...)) when no content holds an added token's text. Errors: as
+  // ApplyChatTemplate.
+  absl::StatusOr<std::vector<int32_t>> EncodeChat(absl::Span<const ChatMessage> messages,
+                                                  bool add_generation_prompt) const;
 
   int32_t bos_id() const { return bos_id_; }
   int32_t eos_id() const { return eos_id_; }
@@ -82,6 +100,13 @@ class Tokenizer {
   };
 
   Tokenizer();
+  // Appends the ids of `text`; with `match_added_tokens` false, added tokens' text is text.
+  void EncodeTo(std::string_view text, bool match_added_tokens, std::vector<int32_t>* ids) const;
+  // The chat format as a sequence of pieces, each emitted with `marker` true for the template's
+  // own tokens (BOS, role and tool-output markers, EOS) and false for text (message contents
+  // and the template's separators). Errors: as ApplyChatTemplate, before anything is emitted.
+  absl::Status RenderChat(absl::Span<const ChatMessage> messages, bool add_generation_prompt,
+                          absl::FunctionRef<void(std::string_view piece, bool marker)> emit) const;
   TokenKind kind(int32_t id) const {
     return id >= 0 && id < num_tokens() ? token_kinds_[id] : TokenKind::kNone;
   }

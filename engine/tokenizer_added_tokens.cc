@@ -32,6 +32,11 @@ AddedTokens::AddedTokens(std::vector<AddedToken> tokens) : tokens_(std::move(tok
   }
 }
 
+const AddedToken* AddedTokens::Find(std::string_view content) const {
+  auto it = by_content_.find(content);
+  return it == by_content_.end() ? nullptr : &tokens_[it->second];
+}
+
 int32_t AddedTokens::LongestMatch(std::string_view text, size_t pos) const {
   int32_t node = 0;
   int32_t match = -1;

@@ -33,6 +33,9 @@ class AddedTokens {
 
   const std::vector<AddedToken>& tokens() const { return tokens_; }
 
+  // The token whose content is exactly `content`, or nullptr.
+  const AddedToken* Find(std::string_view content) const;
+
  private:
   // Index into tokens_ of the longest token starting at text[pos], or -1.
   int32_t LongestMatch(std::string_view text, size_t pos) const;

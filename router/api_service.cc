@@ -98,7 +98,8 @@ absl::StatusOr<GenerateSpec> Validate(const v1::GenerateRequest& r) {
                                 r.stop_size()));
   }
   for (const std::string& s : r.stop()) {
-    if (!s.empty()) spec.stop.push_back(s);
+    if (s.empty()) return Invalid("a stop sequence must not be empty");
+    spec.stop.push_back(s);
   }
   spec.ignore_eos = r.ignore_eos();
   spec.logprobs = r.logprobs();
@@ -276,9 +277,10 @@ class ApiService::Stream final : public grpc::ServerWriteReactor<v1::GenerateRes
     switch (spec_.input) {
       case v1::GenerateRequest::kChat: {
         prompt_name = "chat messages";
-        absl::StatusOr<std::string> text = tokenizer.ApplyChatTemplate(spec_.messages, true);
-        if (!text.ok()) return Fail(text.status());
-        prompt = tokenizer.Encode(*text);
+        // Message content is only ever text: it cannot write the template's control tokens.
+        absl::StatusOr<std::vector<int32_t>> ids = tokenizer.EncodeChat(spec_.messages, true);
+        if (!ids.ok()) return Fail(ids.status());
+        prompt = *std::move(ids);
         break;
       }
       case v1::GenerateRequest::kPromptIds:

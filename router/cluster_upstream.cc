@@ -1,102 +1,25 @@
 #include "router/cluster_upstream.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "grpcpp/grpcpp.h"
-#include "proto/grpc_status.h"
+#include "proto/grpc_options.h"
+#include "router/cluster_call.h"
 #include "spdlog/spdlog.h"
 
 namespace strata::router {
 namespace {
 
-// Shared by the caller's handle and the stream reactor: the context outlives both.
-struct CallState {
-  grpc::ClientContext context;
-};
-
 class CallHandle final : public UpstreamCall {
  public:
-  explicit CallHandle(std::shared_ptr<CallState> state) : state_(std::move(state)) {}
-  void Cancel() override { state_->context.TryCancel(); }
+  explicit CallHandle(std::shared_ptr<internal::ClusterCall> call) : call_(std::move(call)) {}
+  void Cancel() override { call_->Cancel(); }
 
  private:
-  std::shared_ptr<CallState> state_;
-};
-
-class FailedCall final : public UpstreamCall {
- public:
-  void Cancel() override {}
-};
-
-FinishReason FromProto(v1::FinishReason f) {
-  switch (f) {
-    case v1::FINISH_REASON_STOP:
-      return FinishReason::kStop;
-    case v1::FINISH_REASON_LENGTH:
-      return FinishReason::kLength;
-    default:
-      return FinishReason::kNone;
-  }
-}
-
-// Reads one Decode.Generate stream; deletes itself when it ends.
-class DecodeReader final : public grpc::ClientReadReactor<v1::TokenEvent> {
- public:
-  DecodeReader(std::shared_ptr<CallState> state, v1::DecodeRequest request,
-               std::function<void(UpstreamEvent)> on_event,
-               std::function<void(const grpc::Status&)> on_end)
-      : state_(std::move(state)),
-        request_(std::move(request)),
-        on_event_(std::move(on_event)),
-        on_end_(std::move(on_end)) {}
-
-  void Start(v1::Decode::Stub& stub) {
-    stub.async()->Generate(&state_->context, &request_, this);
-    StartRead(&event_);
-    StartCall();
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) return;  // OnDone follows
-    UpstreamEvent e;
-    e.tokens.assign(event_.token_ids().begin(), event_.token_ids().end());
-    e.logprobs.assign(event_.logprobs().begin(), event_.logprobs().end());
-    if (event_.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)
-      finish_ = FromProto(event_.finish_reason());
-    cached_ = event_.cached_tokens();
-    if (!e.tokens.empty()) on_event_(std::move(e));
-    StartRead(&event_);
-  }
-
-  void OnDone(const grpc::Status& s) override {
-    UpstreamEvent e;
-    e.done = true;
-    e.cached_tokens = cached_;
-    if (s.ok() && finish_ != FinishReason::kNone) {
-      e.finish = finish_;
-    } else if (s.ok()) {
-      e.status = absl::DataLossError("the decode worker ended the stream without a finish reason");
-    } else {
-      e.status = proto::FromGrpc(s);
-      if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
-        e.status = Annotate(e.status, "decode worker unavailable");
-      }
-    }
-    on_end_(s);
-    on_event_(std::move(e));
-    delete this;
-  }
-
- private:
-  std::shared_ptr<CallState> state_;
-  v1::DecodeRequest request_;
-  std::function<void(UpstreamEvent)> on_event_;
-  std::function<void(const grpc::Status&)> on_end_;
-  v1::TokenEvent event_;
-  FinishReason finish_ = FinishReason::kNone;
-  int64_t cached_ = 0;
+  std::shared_ptr<internal::ClusterCall> call_;
 };
 
 }  // namespace
@@ -110,11 +33,45 @@ ClusterUpstream::ClusterUpstream(registry::Registry& registry, std::unique_ptr<P
       if (!s.ok()) spdlog::warn("registry refresh failed: {}", s.ToString());
     }
   });
+  watchdog_ = std::thread([this] { Watch(); });
 }
 
 ClusterUpstream::~ClusterUpstream() {
   stop_.Notify();
   refresher_.join();
+  watchdog_.join();
+}
+
+void ClusterUpstream::Watch() {
+  const absl::Duration tick = std::min(absl::Milliseconds(250), options_.inactivity_timeout / 4);
+  while (!stop_.WaitForNotificationWithTimeout(tick)) {
+    std::vector<std::shared_ptr<internal::ClusterCall>> calls;
+    {
+      absl::MutexLock lock(&calls_mu_);
+      for (auto& [raw, weak] : calls_) {
+        if (auto call = weak.lock()) calls.push_back(std::move(call));
+      }
+    }
+    const absl::Time now = clock_.Now();
+    for (auto& call : calls) call->Tick(now);
+  }
+}
+
+void ClusterUpstream::Forget(internal::ClusterCall* call) {
+  absl::MutexLock lock(&calls_mu_);
+  calls_.erase(call);
+}
+
+absl::Status ClusterUpstream::Ready() const {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = clock_.Now();
+  for (const auto& r : snapshot_.decode) {
+    auto it = suspects_.find(r.id);
+    if (it == suspects_.end() || it->second <= now) return absl::OkStatus();
+  }
+  return absl::UnavailableError(snapshot_.decode.empty()
+                                    ? "no decode worker is registered"
+                                    : "every registered decode worker failed recently");
 }
 
 absl::Status ClusterUpstream::Refresh() {
@@ -143,6 +100,11 @@ absl::Status ClusterUpstream::Refresh() {
   log_changes(snapshot_.decode, decode);
   snapshot_.prefill = std::move(prefill);
   snapshot_.decode = std::move(decode);
+  // Channels of workers that left go with them (calls in flight hold their own references).
+  absl::erase_if(stubs_, [&](const auto& kv) {
+    return std::none_of(snapshot_.decode.begin(), snapshot_.decode.end(),
+                        [&](const auto& r) { return r.id == kv.first; });
+  });
   sent_since_refresh_.clear();
   const absl::Time now = clock_.Now();
   absl::erase_if(suspects_, [&](const auto& kv) { return kv.second <= now; });
@@ -159,77 +121,51 @@ void ClusterUpstream::Suspect(const std::string& id) {
   suspects_[id] = clock_.Now() + options_.suspect_for;
 }
 
-std::shared_ptr<v1::Decode::Stub> ClusterUpstream::DecodeStub(const std::string& address) {
+std::shared_ptr<v1::Decode::Stub> ClusterUpstream::DecodeStub(const std::string& id, const std::string& address) {
   absl::MutexLock lock(&mu_);
-  auto& stub = stubs_[address];
-  if (!stub)
-    stub = v1::Decode::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto& stub = stubs_[id];
+  if (!stub) stub = v1::Decode::NewStub(proto::InternalChannel(address));
   return stub;
+}
+
+absl::StatusOr<ClusterUpstream::Route> ClusterUpstream::Choose(int64_t prompt_tokens, int64_t max_tokens,
+                                                               const std::vector<std::string>& avoid) {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = clock_.Now();
+  auto usable = [&](const registry::ServiceRecord& r) {
+    auto it = suspects_.find(r.id);
+    return it == suspects_.end() || it->second <= now;
+  };
+  std::vector<Candidate> p, d;
+  for (const auto& r : snapshot_.prefill) {
+    if (usable(r)) p.push_back({&r, sent_since_refresh_[r.id]});
+  }
+  for (const auto& r : snapshot_.decode) {
+    if (usable(r) && std::find(avoid.begin(), avoid.end(), r.id) == avoid.end()) {
+      d.push_back({&r, sent_since_refresh_[r.id]});
+    }
+  }
+  const int64_t blocks = (prompt_tokens + max_tokens + options_.block_tokens - 1) / options_.block_tokens;
+  STRATA_ASSIGN_OR_RETURN(Choice choice, policy_->Choose(p, d, prompt_tokens, blocks));
+  Route route;
+  route.decode = *d[static_cast<size_t>(choice.decode)].record;
+  ++sent_since_refresh_[route.decode.id];
+  if (choice.prefill >= 0) {
+    route.prefill = *p[static_cast<size_t>(choice.prefill)].record;
+    ++sent_since_refresh_[route.prefill->id];
+  }
+  return route;
 }
 
 std::unique_ptr<UpstreamCall> ClusterUpstream::Start(UpstreamRequest request,
                                                      std::function<void(UpstreamEvent)> on_event) {
-  registry::ServiceRecord prefill, decode;
-  bool has_prefill = false;
+  auto call = std::make_shared<internal::ClusterCall>(*this, std::move(request), std::move(on_event));
   {
-    absl::MutexLock lock(&mu_);
-    std::vector<Candidate> p, d;
-    for (const auto& r : snapshot_.prefill) {
-      if (!suspects_.contains(r.id)) p.push_back({&r, sent_since_refresh_[r.id]});
-    }
-    for (const auto& r : snapshot_.decode) {
-      if (!suspects_.contains(r.id)) d.push_back({&r, sent_since_refresh_[r.id]});
-    }
-    const int64_t prompt = static_cast<int64_t>(request.prompt.size());
-    const int64_t blocks =
-        (prompt + request.max_tokens + options_.block_tokens - 1) / options_.block_tokens;
-    auto choice = policy_->Choose(p, d, prompt, blocks);
-    if (!choice.ok()) {
-      UpstreamEvent e;
-      e.done = true;
-      e.status = choice.status();
-      on_event(std::move(e));
-      return std::make_unique<FailedCall>();
-    }
-    decode = *d[static_cast<size_t>(choice->decode)].record;
-    ++sent_since_refresh_[decode.id];
-    if (choice->prefill >= 0) {
-      prefill = *p[static_cast<size_t>(choice->prefill)].record;
-      has_prefill = true;
-      ++sent_since_refresh_[prefill.id];
-    }
+    absl::MutexLock lock(&calls_mu_);
+    calls_[call.get()] = call;
   }
-  v1::DecodeRequest r;
-  r.set_request_id(request.request_id);
-  r.mutable_prompt()->Add(request.prompt.begin(), request.prompt.end());
-  r.set_max_tokens(request.max_tokens);
-  r.mutable_sampling()->set_temperature(request.sampling.temperature);
-  r.mutable_sampling()->set_top_k(request.sampling.top_k);
-  r.mutable_sampling()->set_top_p(request.sampling.top_p);
-  r.mutable_sampling()->set_seed(request.sampling.seed);
-  r.set_ignore_eos(request.ignore_eos);
-  r.set_logprobs(request.logprobs >= 0);
-  if (has_prefill) r.set_prefill_address(prefill.grpc_address);
-  r.set_traceparent(request.traceparent);
-
-  auto state = std::make_shared<CallState>();
-  if (!request.traceparent.empty()) state->context.AddMetadata("traceparent", request.traceparent);
-  state->context.AddMetadata("x-request-id", request.request_id);
-  const std::string decode_id = decode.id;
-  CallState* raw = state.get();
-  auto* reader = new DecodeReader(
-      state, std::move(r), std::move(on_event), [this, decode_id, raw](const grpc::Status& s) {
-        // A live worker's own errors carry its trailer; a connection that broke has none.
-        const bool from_worker =
-            raw->context.GetServerTrailingMetadata().count("strata-served-by") > 0;
-        if (s.error_code() == grpc::StatusCode::UNAVAILABLE && !from_worker) {
-          spdlog::warn("decode worker {} is unreachable ({}); out of rotation", decode_id,
-                       s.error_message());
-          Suspect(decode_id);
-        }
-      });
-  reader->Start(*DecodeStub(decode.grpc_address));
-  return std::make_unique<CallHandle>(std::move(state));
+  call->Begin();
+  return std::make_unique<CallHandle>(std::move(call));
 }
 
 }  // namespace strata::router

@@ -35,6 +35,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "common/logging.h"
 #include "common/http_server.h"
 #include "common/thread_pool.h"
 #include "engine/tokenizer.h"
@@ -104,6 +105,7 @@ class OpenAiFront {
   const ApiKeys keys_;
   const std::unique_ptr<Metrics> metrics_;
   const uint64_t id_prefix_;
+  LogRateLimiter server_error_log_;  // 5xx outcomes
   std::atomic<uint64_t> next_id_{0};
   std::atomic<bool> stopping_{false};
   bool started_ = false;

@@ -60,10 +60,29 @@ absl::StatusOr<int64_t> FitToContext(int64_t prompt_tokens, std::optional<int64_
   return max_tokens;
 }
 
+namespace {
+
+bool IsLowerHex(absl::string_view s) {
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+// W3C Trace Context's version 00 form: lowercase hex fields; version ff and all-zero ids are
+// invalid. Anything else a client sends is replaced, not forwarded: the value goes into gRPC
+// metadata and a proto3 string, where a stray byte would fail the request.
+bool IsTraceparent(absl::string_view h) {
+  if (h.size() != 55 || h[2] != '-' || h[35] != '-' || h[52] != '-') return false;
+  const absl::string_view version = h.substr(0, 2), trace = h.substr(3, 32),
+                          parent = h.substr(36, 16), flags = h.substr(53, 2);
+  return IsLowerHex(version) && version != "ff" && IsLowerHex(trace) &&
+         trace.find_first_not_of('0') != absl::string_view::npos && IsLowerHex(parent) &&
+         parent.find_first_not_of('0') != absl::string_view::npos && IsLowerHex(flags);
+}
+
+}  // namespace
+
 std::string TraceparentFor(absl::string_view header) {
-  if (header.size() == 55 && header[2] == '-' && header[35] == '-' && header[52] == '-') {
-    return std::string(header);
-  }
+  if (IsTraceparent(header)) return std::string(header);
   thread_local absl::BitGen gen;
   return absl::StrFormat("00-%016x%016x-%016x-01", absl::Uniform<uint64_t>(gen),
                          absl::Uniform<uint64_t>(gen), absl::Uniform<uint64_t>(gen) | 1);

@@ -40,7 +40,10 @@ inline constexpr absl::string_view kChatRoles = "system, developer, user, assist
 // nullopt for a role not in kChatRoles.
 std::optional<std::string> CanonicalChatRole(absl::string_view role);
 
-// BOS + the text's ids: how a plain-text prompt is tokenized (as `strata generate` does).
+// BOS + the text's ids: how a plain-text prompt is tokenized (as `strata generate` does). Its
+// control-token text is read as the control tokens, as the reference reads it: a raw prompt is
+// the client's to format, as prompt ids are. A chat's messages never are: the fronts encode
+// them with Tokenizer::EncodeChat.
 std::vector<int32_t> EncodePrompt(const engine::Tokenizer& tokenizer, std::string_view text);
 
 // InvalidArgument naming the first id outside the tokenizer's vocabulary (`param`: the request
@@ -57,7 +60,8 @@ absl::StatusOr<int64_t> FitToContext(int64_t prompt_tokens, std::optional<int64_
                                      int64_t default_max_tokens, int64_t context,
                                      absl::string_view prompt_name);
 
-// A W3C traceparent as the client sent it ("00-<32 hex>-<16 hex>-<2 hex>"), or a new one.
+// A W3C traceparent as the client sent it ("00-<32 hex>-<16 hex>-<2 hex>", lowercase hex, ids
+// not all zeros, version not ff), or a new one when the header is absent or not of that form.
 std::string TraceparentFor(absl::string_view header);
 
 // Turns the ids a generation streams back into the text its client sees: incremental UTF-8

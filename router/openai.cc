@@ -116,7 +116,11 @@ absl::StatusOr<std::vector<int32_t>> GetTokenIds(absl::string_view param,
   return ids;
 }
 
+// A field given twice replaces its first value (as every scalar field does), so a repeated key can
+// neither combine a text prompt with ids nor lift the limit on stop sequences.
 absl::Status ParsePrompt(const element& value, ApiRequest& out) {
+  out.prompt.clear();
+  out.prompt_ids.reset();
   if (value.is_string()) {
     const std::string_view s = value.get_string().value_unsafe();
     out.prompt = std::string(s);
@@ -153,6 +157,7 @@ absl::Status ParseMessages(const element& value, ApiRequest& out) {
     return WrongType("messages", value, "an array of messages");
   }
   if (array.size() == 0) return Invalid("messages", "'messages' must not be empty");
+  out.messages.clear();
   size_t i = 0;
   for (element m : array) {
     const std::string at = absl::StrCat("messages[", i++, "]");
@@ -209,9 +214,11 @@ absl::Status ParseMessages(const element& value, ApiRequest& out) {
 }
 
 absl::Status ParseStop(const element& value, ApiRequest& out) {
+  out.stop.clear();
   if (value.is_string()) {
     const std::string_view s = value.get_string().value_unsafe();
-    if (!s.empty()) out.stop.emplace_back(s);
+    if (s.empty()) return Invalid("stop", "a stop sequence must not be empty");
+    out.stop.emplace_back(s);
     return absl::OkStatus();
   }
   simdjson::dom::array array;
@@ -227,7 +234,8 @@ absl::Status ParseStop(const element& value, ApiRequest& out) {
     if (e.get_string().get(s) != simdjson::SUCCESS) {
       return WrongType("stop", e, "a string or an array of strings");
     }
-    if (!s.empty()) out.stop.emplace_back(s);
+    if (s.empty()) return Invalid("stop", "a stop sequence must not be empty");
+    out.stop.emplace_back(s);
   }
   return absl::OkStatus();
 }

@@ -123,6 +123,8 @@ std::string UsageChunkJson(const ResponseMeta& meta, const Usage& usage);
 // "data: <json>\n\n"
 std::string SseEvent(absl::string_view json);
 inline constexpr absl::string_view kSseDone = "data: [DONE]\n\n";
+// An SSE comment: clients ignore it; it keeps the connection (and proxies' idle timers) alive.
+inline constexpr absl::string_view kSseKeepAlive = ": keep-alive\n\n";
 
 // GET /v1/models: {"object":"list","data":[{"id","object":"model","created","owned_by"}]}.
 std::string ModelListJson(const std::vector<std::string>& models, int64_t created);

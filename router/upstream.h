@@ -4,7 +4,9 @@
 //
 // Threading: Start() may be called from any thread; `on_event` is called from an upstream
 // thread, never concurrently for one call, in order, and ends with exactly one event whose
-// `done` is true. It must not block. UpstreamCall::Cancel() may be called from any thread, also
+// `done` is true. It must not block. An event with no tokens that is not `done` is a keep-alive:
+// the upstream is alive and busy with the request (queued, prefilling); a streaming front may
+// tell its client so. UpstreamCall::Cancel() may be called from any thread, also
 // after the final event, and makes the final event come soon (with a Cancelled status if it had
 // not finished).
 #pragma once
@@ -52,6 +54,9 @@ class Upstream {
  public:
   virtual ~Upstream() = default;
   virtual std::unique_ptr<UpstreamCall> Start(UpstreamRequest request, std::function<void(UpstreamEvent)> on_event) = 0;
+  // Whether requests can be served now (the router's /healthz): e.g. Unavailable while no decode
+  // worker is live.
+  virtual absl::Status Ready() const { return absl::OkStatus(); }
 };
 
 }  // namespace strata::router

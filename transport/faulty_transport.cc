@@ -136,6 +136,10 @@ class FaultyTransport final : public Transport {
   std::string name() const override { return absl::StrCat("faulty(", inner_->name(), ")"); }
   std::string address() const override { return inner_->address(); }
 
+  absl::StatusOr<std::unique_ptr<Grant>> GrantAccess(const MemoryRegistration& registration,
+                                                     absl::Span<const ByteRange> ranges) override {
+    return inner_->GrantAccess(registration, ranges);
+  }
   absl::StatusOr<std::unique_ptr<MemoryRegistration>> Register(void* base, size_t len) override {
     return inner_->Register(base, len);
   }

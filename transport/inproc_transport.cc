@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/random/random.h"
@@ -72,12 +73,22 @@ class Core {
     handlers_[id] = std::make_shared<Transport::MessageHandler>(std::move(handler));
   }
 
-  std::string AddRegion(char* base, size_t len) {
+  std::string AddRegion(char* base, size_t len, std::vector<ByteRange> granted = {}) {
     absl::WriterMutexLock lock(&regions_mu_);
     std::string key =
         absl::StrFormat("%s/%d/%016x", name_, next_region_++, absl::Uniform<uint64_t>(bitgen_));
-    regions_[key] = Region{base, len};
+    regions_[key] = Region{base, len, std::move(granted)};
     return key;
+  }
+
+  // The region a registration's key names here, if any.
+  bool Find(const std::string& key, char** base, size_t* len) {
+    absl::ReaderMutexLock lock(&regions_mu_);
+    auto it = regions_.find(key);
+    if (it == regions_.end() || !it->second.granted.empty()) return false;
+    *base = it->second.base;
+    *len = it->second.len;
+    return true;
   }
 
   void RemoveRegion(const std::string& key) {
@@ -109,6 +120,11 @@ class Core {
           absl::StrFormat("%s of %d bytes at 0x%x leaves the region of %d bytes registered at %s",
                           op, len, remote.address + offset, region.len, name_));
     }
+    if (!region.granted.empty() &&
+        !internal::InsideOneRange(region.granted, remote.address - base + offset, len)) {
+      return absl::PermissionDeniedError(absl::StrFormat(
+          "%s of %d bytes at 0x%x leaves the ranges granted at %s", op, len, remote.address + offset, name_));
+    }
     char* target = region.base + (remote.address - base + offset);
     if (len > 0) {
       if (write) {
@@ -129,6 +145,7 @@ class Core {
   struct Region {
     char* base;
     size_t len;
+    std::vector<ByteRange> granted;  // a grant's ranges (relative to base); empty: a registration
   };
 
   const std::string name_;
@@ -154,6 +171,20 @@ class InProcRegistration final : public MemoryRegistration {
   ~InProcRegistration() override { core_->RemoveRegion(region_.key); }
 
   RemoteRegion Describe() const override { return region_; }
+
+ private:
+  std::shared_ptr<Core> core_;
+  const RemoteRegion region_;
+};
+
+// A grant is a region entry of its own (same memory, its own key, its ranges); removing it waits
+// for copies in flight under it, so nothing lands after the destructor returns.
+class InProcGrant final : public Grant {
+ public:
+  InProcGrant(std::shared_ptr<Core> core, RemoteRegion region) : core_(std::move(core)), region_(std::move(region)) {}
+  ~InProcGrant() override { core_->RemoveRegion(region_.key); }
+  RemoteRegion Describe() const override { return region_; }
+  bool enforced() const override { return true; }
 
  private:
   std::shared_ptr<Core> core_;
@@ -266,6 +297,19 @@ class InProcTransport final : public Transport {
           absl::StrFormat("register: empty region (%p, %d bytes)", base, len));
     }
     return std::make_unique<InProcRegistration>(core_, base, len);
+  }
+
+  absl::StatusOr<std::unique_ptr<Grant>> GrantAccess(const MemoryRegistration& registration,
+                                                     absl::Span<const ByteRange> ranges) override {
+    RemoteRegion region = registration.Describe();
+    if (absl::Status s = internal::CheckGrantRanges(region, ranges); !s.ok()) return s;
+    char* base = nullptr;
+    size_t len = 0;
+    if (!core_->Find(region.key, &base, &len)) {
+      return absl::InvalidArgumentError("grant: the registration is not this transport's");
+    }
+    region.key = core_->AddRegion(base, len, std::vector<ByteRange>(ranges.begin(), ranges.end()));
+    return std::make_unique<InProcGrant>(core_, std::move(region));
   }
 
   absl::StatusOr<std::shared_ptr<Endpoint>> Connect(const std::string& peer_address) override {

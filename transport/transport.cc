@@ -25,6 +25,17 @@ absl::Status Wait(Issue issue) {
   return result;
 }
 
+// The whole registration, unenforced: transports that cannot refuse a peer's puts.
+class UnenforcedGrant final : public Grant {
+ public:
+  explicit UnenforcedGrant(RemoteRegion region) : region_(std::move(region)) {}
+  RemoteRegion Describe() const override { return region_; }
+  bool enforced() const override { return false; }
+
+ private:
+  const RemoteRegion region_;
+};
+
 // Heap memory and its registration, released in that order.
 class OwnedRegistration final : public MemoryRegistration {
  public:
@@ -104,5 +115,34 @@ absl::Status GetSync(Endpoint& ep, void* local, size_t len, const RemoteRegion& 
 absl::Status FlushSync(Endpoint& ep) {
   return Wait([&](Completion done) { ep.Flush(std::move(done)); });
 }
+
+absl::StatusOr<std::unique_ptr<Grant>> Transport::GrantAccess(const MemoryRegistration& registration,
+                                                              absl::Span<const ByteRange> ranges) {
+  const RemoteRegion region = registration.Describe();
+  if (absl::Status s = internal::CheckGrantRanges(region, ranges); !s.ok()) return s;
+  return std::make_unique<UnenforcedGrant>(region);
+}
+
+namespace internal {
+
+absl::Status CheckGrantRanges(const RemoteRegion& region, absl::Span<const ByteRange> ranges) {
+  if (ranges.empty()) return absl::InvalidArgumentError("grant: no ranges");
+  for (const ByteRange& r : ranges) {
+    if (r.offset > region.length || r.length > region.length - r.offset) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "grant: range [%d, +%d) leaves the registration of %d bytes", r.offset, r.length, region.length));
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool InsideOneRange(absl::Span<const ByteRange> ranges, uint64_t address, uint64_t len) {
+  for (const ByteRange& r : ranges) {
+    if (address >= r.offset && address - r.offset <= r.length && len <= r.length - (address - r.offset)) return true;
+  }
+  return false;
+}
+
+}  // namespace internal
 
 }  // namespace strata::transport

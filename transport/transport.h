@@ -43,6 +43,27 @@ class MemoryRegistration {
   virtual RemoteRegion Describe() const = 0;
 };
 
+// Byte ranges of a registration, relative to its start.
+struct ByteRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
+// Part of a registered region lent to peers for one transfer (a decode worker's KV blocks and
+// state slot for one request). Peers put into it through Describe() (the registration's address
+// space, a key of the grant's own); a put outside the granted ranges is refused. Destroying the
+// grant revokes it: once the destructor returns, no put under it lands any more — so the memory
+// can be reused at once even if a cancelled, hung or dead sender still has puts on their way.
+// That holds where the receiver applies puts itself (enforced(): in-process, and UCX's message
+// puts); one-sided RMA bypasses the receiver, and there a revoked grant is only a promise: the
+// caller must wait for the sender to settle (or quarantine the memory) before reusing it.
+class Grant {
+ public:
+  virtual ~Grant() = default;
+  virtual RemoteRegion Describe() const = 0;
+  virtual bool enforced() const = 0;
+};
+
 using Completion = std::function<void(absl::Status)>;
 
 // One piece of a PutMany: `len` bytes from `local` to the remote region at `remote_offset`.
@@ -93,10 +114,22 @@ class Transport {
   // Register() is reached through tcp or emulated puts there). The default allocates on the heap
   // and registers it.
   virtual absl::StatusOr<std::unique_ptr<MemoryRegistration>> Allocate(size_t len);
+  // Grants `ranges` of `registration` (made by this transport, outliving the grant) to peers.
+  // InvalidArgument for a range outside the registration or an empty list. The default grants the
+  // whole registration, unenforced.
+  virtual absl::StatusOr<std::unique_ptr<Grant>> GrantAccess(const MemoryRegistration& registration,
+                                                             absl::Span<const ByteRange> ranges);
   virtual absl::StatusOr<std::shared_ptr<Endpoint>> Connect(const std::string& peer_address) = 0;
   // Handler for messages with `id`; set before peers send them. Runs on the progress thread.
   virtual void SetMessageHandler(uint16_t id, MessageHandler handler) = 0;
 };
+
+namespace internal {
+// InvalidArgument unless `ranges` is non-empty and each range lies inside `region`'s length.
+absl::Status CheckGrantRanges(const RemoteRegion& region, absl::Span<const ByteRange> ranges);
+// Whether [offset, offset + len) lies inside one of `ranges` (each absolute: offset = address).
+bool InsideOneRange(absl::Span<const ByteRange> ranges, uint64_t address, uint64_t len);
+}  // namespace internal
 
 // Blocking helpers for callers that are not on the progress thread.
 absl::Status PutSync(Endpoint& ep, const void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset);

@@ -444,7 +444,13 @@ void UcxCore::Unmap(ucp_mem_h memh) {
   unmap().IgnoreError();
 }
 
-absl::StatusOr<ucp_rkey_h> UcxCore::Rkey(EpState& s, const std::string& key) {
+absl::StatusOr<ucp_rkey_h> UcxCore::Rkey(EpState& s, const std::string& framed) {
+  // A grant's key carries its registration's key: RMA unpacks that one (once per registration).
+  std::string key = framed;
+  if (auto grant = internal::Unframe(FrameKind::kGrantKey, framed, "grant key");
+      grant.ok() && grant->size() > internal::kGrantTokenBytes) {
+    key = std::string(grant->substr(0, grant->size() - internal::kGrantTokenBytes));
+  }
   auto it = s.rkeys.find(key);
   if (it != s.rkeys.end()) return it->second;
   STRATA_ASSIGN_OR_RETURN(std::string_view packed,

@@ -188,6 +188,15 @@ class UcxCore {
   // Copies a kPutData payload into registered memory; false (nothing written) if the range is
   // not inside one registered region or the key does not match it.
   bool WriteRegion(uint64_t address, uint64_t key_hash, std::string_view bytes);
+
+ public:
+  // Grants (Transport::GrantAccess): a region entry of their own, with its key and ranges; puts
+  // as messages under it are applied only while it exists. AddGrant returns the grant's key.
+  absl::StatusOr<std::string> AddGrant(const RemoteRegion& registration, absl::Span<const ByteRange> ranges);
+  void RemoveGrant(const std::string& key);
+  bool message_puts() const { return message_puts_; }
+
+ private:
   static absl::Status CheckTransfer(const char* verb, const EpState& s, size_t len,
                                     const RemoteRegion& remote, uint64_t offset);
   void DestroyRkeys(EpState& s);
@@ -250,7 +259,8 @@ class UcxCore {
     uint64_t address;
     uint64_t length;
     uint64_t key_hash;  // RegionKeyHash of its framed key
-    ucp_mem_h memh;
+    ucp_mem_h memh;     // null for a grant
+    std::vector<ByteRange> granted;  // a grant's ranges, relative to address
   };
   absl::Mutex regions_mu_;
   std::vector<Region> regions_ ABSL_GUARDED_BY(regions_mu_);

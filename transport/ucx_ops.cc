@@ -241,11 +241,41 @@ void UcxCore::AnswerAck(ucp_ep_h reply_ep, uint64_t stream, uint64_t token, uint
   Track(op, ucp_am_send_nbx(reply_ep, kAmId, &op->header, sizeof(op->header), nullptr, 0, &param));
 }
 
+absl::StatusOr<std::string> UcxCore::AddGrant(const RemoteRegion& registration,
+                                              absl::Span<const ByteRange> ranges) {
+  STRATA_RETURN_IF_ERROR(internal::CheckGrantRanges(registration, ranges));
+  const uint64_t hash = RegionKeyHash(registration.key);
+  absl::MutexLock lock(&regions_mu_);
+  const bool ours = std::any_of(regions_.begin(), regions_.end(), [&](const Region& r) {
+    return r.memh != nullptr && r.key_hash == hash && r.address == registration.address;
+  });
+  if (!ours) return absl::InvalidArgumentError("grant: the registration is not this transport's");
+  std::string body = registration.key;
+  body.resize(body.size() + internal::kGrantTokenBytes);
+  absl::BitGen gen;  // any thread may grant; the core's generator is the progress thread's
+  for (size_t i = 0; i < internal::kGrantTokenBytes; i += 8) {
+    const uint64_t word = absl::Uniform<uint64_t>(gen);
+    std::memcpy(body.data() + registration.key.size() + i, &word, 8);
+  }
+  std::string key = internal::Frame(FrameKind::kGrantKey, body.data(), body.size());
+  regions_.push_back(Region{registration.address, registration.length, RegionKeyHash(key), nullptr,
+                            std::vector<ByteRange>(ranges.begin(), ranges.end())});
+  return key;
+}
+
+void UcxCore::RemoveGrant(const std::string& key) {
+  const uint64_t hash = RegionKeyHash(key);
+  absl::MutexLock lock(&regions_mu_);  // waits for a put being written under it
+  std::erase_if(regions_, [hash](const Region& r) { return r.memh == nullptr && r.key_hash == hash; });
+}
+
 bool UcxCore::WriteRegion(uint64_t address, uint64_t key_hash, std::string_view bytes) {
   absl::MutexLock lock(&regions_mu_);
   for (const Region& region : regions_) {  // a process registers a handful of regions
     if (address >= region.address && region.key_hash == key_hash &&
-        Fits(address - region.address, bytes.size(), region.length)) {
+        Fits(address - region.address, bytes.size(), region.length) &&
+        (region.granted.empty() ||
+         internal::InsideOneRange(region.granted, address - region.address, bytes.size()))) {
       std::memcpy(reinterpret_cast<void*>(address), bytes.data(), bytes.size());
       return true;
     }

@@ -52,6 +52,19 @@ class UcxRegistration final : public MemoryRegistration {
   const RemoteRegion region_;
 };
 
+// Enforced where puts travel as messages (the receiver applies them); under RMA, a promise.
+class UcxGrant final : public Grant {
+ public:
+  UcxGrant(std::shared_ptr<UcxCore> core, RemoteRegion region) : core_(std::move(core)), region_(std::move(region)) {}
+  ~UcxGrant() override { core_->RemoveGrant(region_.key); }
+  RemoteRegion Describe() const override { return region_; }
+  bool enforced() const override { return core_->message_puts(); }
+
+ private:
+  const std::shared_ptr<UcxCore> core_;
+  const RemoteRegion region_;
+};
+
 class UcxEndpoint final : public Endpoint {
  public:
   UcxEndpoint(std::shared_ptr<UcxCore> core, uint64_t id, std::string peer)
@@ -125,6 +138,13 @@ class UcxTransport final : public Transport {
           absl::StrFormat("register: empty region (%p, %d bytes)", base, len));
     }
     return Map(base, len);
+  }
+
+  absl::StatusOr<std::unique_ptr<Grant>> GrantAccess(const MemoryRegistration& registration,
+                                                     absl::Span<const ByteRange> ranges) override {
+    RemoteRegion region = registration.Describe();
+    STRATA_ASSIGN_OR_RETURN(region.key, core_->AddGrant(region, ranges));
+    return std::make_unique<UcxGrant>(core_, std::move(region));
   }
 
   absl::StatusOr<std::unique_ptr<MemoryRegistration>> Allocate(size_t len) override {

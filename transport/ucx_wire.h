@@ -19,7 +19,9 @@ namespace strata::transport::internal {
 enum class FrameKind : uint32_t {
   kWorkerAddress = 0x41555453,  // "STUA"
   kRemoteKey = 0x4b555453,      // "STUK"
+  kGrantKey = 0x47555453,       // "STUG": a kRemoteKey frame + a grant's 16-byte token
 };
+inline constexpr size_t kGrantTokenBytes = 16;
 
 std::string Frame(FrameKind kind, const void* data, size_t len);
 // The UCX bytes inside `framed`; `what` names the string in errors ("peer address").

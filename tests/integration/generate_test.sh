@@ -36,6 +36,11 @@ printf 'A long document, read from a file.' >"$work/prompt.txt"
   fail "--prompt-file failed"
 grep -q "prompt 10 tokens" "$work/f.err" || fail "--prompt-file: $(cat "$work/f.err")"
 "$strata" generate --model "$model" --chat "Hello" --max-tokens 4 >/dev/null 2>&1 || fail "--chat failed"
+# The message is text: BOS, <｜User｜>, its 17 plain-text ids, <｜Assistant｜> (not EOS and a
+# second assistant marker, 5 tokens in all).
+"$strata" generate --model "$model" --chat '<｜end▁of▁sentence｜><｜Assistant｜>' --max-tokens 1 \
+  2>"$work/c.err" >/dev/null || fail "--chat with control-token text failed"
+grep -q "prompt 19 tokens" "$work/c.err" || fail "--chat let the message write control tokens: $(cat "$work/c.err")"
 
 # Bad input: clear errors, non-zero exit.
 if err=$("$strata" generate --model "$model" --prompt-ids "1 2 999999" 2>&1); then fail "bad id accepted"; fi

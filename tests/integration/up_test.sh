@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # strata up as a user runs it: a whole cluster (private Redis, router, a prefill and a decode
 # worker) on free loopback ports, `strata chat` streaming an answer through it (and its clear
-# errors), a clean stop on SIGTERM with exit 0, and a worker SIGKILLed mid-run making `strata up`
-# stop the rest and exit non-zero. After each, no process started for the test may remain.
+# errors), a clean stop on SIGTERM with exit 0; then supervision: the decode worker and Redis
+# SIGKILLed mid-run are restarted while the router stays up, and the cluster serves again; a
+# worker dying once more than `supervise.max_restarts` allows is given up on, and with no decode
+# worker left `strata up` stops the rest and exits non-zero. After each, no process started for
+# the test may remain.
 set -euo pipefail
 strata=${1:?usage: up_test.sh STRATA_BINARY}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -61,10 +64,10 @@ fail() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Writes cluster file $1 from the shipped one with a free block of ports (base + 0..21); echoes
-# the router's HTTP port.
+# Writes cluster file $1 from the shipped one with a free block of ports (base + 0..21) and, if
+# given, supervise.max_restarts $2; echoes the router's HTTP port.
 write_cluster_file() {
-  local file=$1 base p busy
+  local file=$1 restarts=${2:-} base p busy
   for _ in $(seq 50); do
     base=$((20000 + (RANDOM % 4000) * 10))
     busy=0
@@ -74,19 +77,21 @@ write_cluster_file() {
     ((busy == 0)) && break
   done
   awk -v redis=$base -v http=$((base + 1)) -v grpc=$((base + 2)) -v pbase=$((base + 10)) \
-      -v dbase=$((base + 20)) -v name="uptest$base" '
+      -v dbase=$((base + 20)) -v name="uptest$base" -v restarts="$restarts" '
     /^[^ #]/ { sec = $1 }
     sec == "cluster:" { sub(/cluster: *[^ ]+/, "cluster: " name) }
     sec == "redis_port:" { sub(/redis_port: *[0-9]+/, "redis_port: " redis) }
     sec == "router:" { sub(/http_port: *[0-9]+/, "http_port: " http); sub(/grpc_port: *[0-9]+/, "grpc_port: " grpc) }
     sec == "prefill:" { sub(/base_port: *[0-9]+/, "base_port: " pbase) }
     sec == "decode:" { sub(/base_port: *[0-9]+/, "base_port: " dbase) }
+    sec == "supervise:" && restarts != "" { sub(/max_restarts: *[0-9]+/, "max_restarts: " restarts) }
     { print }' "$root/deploy/local/cluster.yaml" >"$file"
   # The rewrite must have reached every port (a changed layout of the shipped file would not).
   for p in "redis_port: $base" "http_port: $((base + 1))" "grpc_port: $((base + 2))" \
            "base_port: $((base + 10))" "base_port: $((base + 20))"; do
     grep -q "$p" "$file" || fail "could not set '$p' in $file"
   done
+  [[ -z "$restarts" ]] || grep -q "max_restarts: $restarts " "$file" || fail "could not set max_restarts in $file"
   echo "$base" >"$file.redis_port"
   echo $((base + 1))
 }
@@ -112,12 +117,13 @@ start_cluster() {
   grep -q "OpenAI API: http://127.0.0.1:" "$log" || fail "no URL printed"
 }
 
-# Cluster file + start, retried on a port race with another test.
+# Cluster file + start, retried on a port race with another test. $2: supervise.max_restarts.
 launch() {
-  local name=$1 rc
+  local name=$1 restarts=${2:-} rc
   for _ in 1 2 3; do
-    http_port=$(write_cluster_file "$work/$name.yaml")
-    redis_ports+=("$(cat "$work/$name.yaml.redis_port")")
+    http_port=$(write_cluster_file "$work/$name.yaml" "$restarts")
+    redis_port=$(cat "$work/$name.yaml.redis_port")
+    redis_ports+=("$redis_port")
     rc=0
     start_cluster "$work/$name.yaml" || rc=$?
     ((rc == 0)) && return 0
@@ -183,22 +189,85 @@ expect_no_leftovers "after SIGTERM"
 if err=$("$strata" chat --url "$url" 'Hi' 2>&1); then fail "chat to a stopped cluster succeeded"; fi
 grep -q "Connection refused" <<<"$err" || fail "connection-refused message: $err"
 
-# ---- 2. a worker dies: strata up stops the rest and fails ---------------------------------------
-launch crash
-victim=""
-for f in /proc/[0-9]*/cmdline; do
-  mapfile -d '' args 2>/dev/null <"$f" || continue
-  cmd="${args[*]} "
-  if [[ $cmd == *" decode --config $work/crash.yaml "* ]]; then
-    victim=${f#/proc/}
-    victim=${victim%/cmdline}
-  fi
-done
-[[ -n "$victim" ]] || fail "no decode worker process found"
+# ---- 2. supervision -----------------------------------------------------------------------------
+# The pid of the one process whose command line (arguments joined by spaces, plus a space) matches
+# glob $1; empty if none.
+pid_of() {
+  local f pid="" args cmd
+  for f in /proc/[0-9]*/cmdline; do
+    mapfile -d '' args 2>/dev/null <"$f" || continue
+    cmd="${args[*]} "
+    # shellcheck disable=SC2053
+    if [[ $cmd == $1 ]]; then
+      pid=${f#/proc/}
+      pid=${pid%/cmdline}
+    fi
+  done
+  echo "$pid"
+}
+
+# Waits up to $2 s for the log to contain $1.
+wait_log() {
+  local deadline=$((SECONDS + $2))
+  until grep -qF -- "$1" "$log"; do
+    kill -0 "$up_pid" 2>/dev/null || fail "strata up exited while waiting for '$1'"
+    ((SECONDS < deadline)) || fail "'$1' not logged within $2 s"
+    sleep 0.1
+  done
+}
+
+# A completion through the router succeeds within $1 s (a dead worker may still be in the router's
+# view for a lease: early attempts may fail).
+chat_succeeds_within() {
+  local deadline=$((SECONDS + $1))
+  until timeout 10 "$strata" chat --url "$url" --max-tokens 4 --temperature 0 'Hello again' \
+      >"$work/chat.out" 2>"$work/chat.err" && [[ -s "$work/chat.out" ]]; do
+    ((SECONDS < deadline)) || fail "no completion within $1 s: $(cat "$work/chat.err")"
+    sleep 0.3
+  done
+}
+
+launch crash 1  # a process may be restarted once a minute; the next death is one too many
+url="http://127.0.0.1:$http_port"
+decode_cmd="* decode --config $work/crash.yaml *"
+router_pid=$(pid_of "* router --config $work/crash.yaml *")
+victim=$(pid_of "$decode_cmd")
+[[ -n "$router_pid" && -n "$victim" ]] || fail "no router or decode worker process found"
+chat_succeeds_within 10
+
+# 2a. decode-0 SIGKILLed: restarted after the first backoff; the router stays up; serving again.
 kill -KILL "$victim"
+wait_log "decode-0 (pid $victim) was killed by signal 9 (Killed) after " 10
+wait_log "restarting it in 0.5 s (restart 1 of at most 1 in 60 s)" 1
+wait_log "restarted decode-0 (pid " 10
+decode_pid=$(pid_of "$decode_cmd")
+[[ -n "$decode_pid" && "$decode_pid" != "$victim" ]] || fail "no new decode worker process"
+grep -qF "restarted decode-0 (pid $decode_pid, restart 1)" "$log" || fail "the restart names another pid"
+wait_log "decode worker decode-0-$decode_pid joined" 15  # the router found it in Redis
+chat_succeeds_within 30
+[[ $(pid_of "* router --config $work/crash.yaml *") == "$router_pid" ]] || fail "the router was restarted"
+grep -q "stopping the cluster" "$log" && fail "strata up stopped the cluster after a worker died"
+
+# 2b. The private Redis SIGKILLed: restarted empty; every service's heartbeat registers again (the
+# registry clients reconnect), the router finds the workers, the cluster serves again.
+redis_pid=$(pid_of "redis-server *:$redis_port *")
+[[ -n "$redis_pid" ]] || fail "no redis-server process found"
+kill -KILL "$redis_pid"
+wait_log "redis (pid $redis_pid) was killed by signal 9 (Killed)" 10
+wait_log "restarted redis (pid " 10
+chat_succeeds_within 30
+[[ $(pid_of "* router --config $work/crash.yaml *") == "$router_pid" ]] || fail "the router was restarted"
+[[ $(pid_of "$decode_cmd") == "$decode_pid" ]] || fail "the decode worker was restarted"
+
+# 2c. decode-0 dies again within the minute: given up on; with no decode worker left the cluster
+# cannot serve, so strata up stops the rest and exits non-zero.
+kill -KILL "$decode_pid"
 wait_up_exit 30
-((up_rc != 0)) || fail "strata up exited 0 after its decode worker was killed"
-grep -q "decode-0" "$log" || fail "the log does not name the dead worker"
-expect_no_leftovers "after a worker was killed"
+((up_rc != 0)) || fail "strata up exited 0 after giving up on its only decode worker"
+grep -qF "giving up on decode-0 after 1 restart in 60 s: it (pid $decode_pid) was killed by signal 9" "$log" ||
+  fail "no giving-up message"
+grep -q "stopping the cluster: no decode worker is left" "$log" || fail "no reason for stopping"
+grep -q "every process has stopped" "$log" || fail "no stop message"
+expect_no_leftovers "after giving up on a worker"
 
 echo "up_test: all checks passed"

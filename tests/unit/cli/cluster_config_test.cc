@@ -33,6 +33,11 @@ TEST(ClusterConfigTest, ShippedLocalClusterFile) {
   EXPECT_EQ(c->router.api_keys[0].tenant, "local");
   EXPECT_EQ(c->prefill.chunk_tokens, 512);
   EXPECT_EQ(c->decode.max_batch, 32);
+  EXPECT_EQ(c->supervise.max_restarts, 5);
+  EXPECT_EQ(c->supervise.window_s, 60);
+  EXPECT_EQ(c->supervise.backoff_s, 0.5);
+  EXPECT_EQ(c->supervise.max_backoff_s, 10);
+  EXPECT_EQ(c->supervise.reset_after_s, 30);
 
   const ServiceEndpoints router = c->RouterEndpoints();
   EXPECT_EQ(router.http_address(), "127.0.0.1:8000");
@@ -174,6 +179,46 @@ TEST(ClusterConfigTest, PortCollisionsAreRejected) {
   // Different hosts may share a port, but a wildcard host overlaps every host.
   EXPECT_EQ(ErrorOf("router: {host: 10.0.0.1, http_port: 8201}\n"), "");
   EXPECT_NE(ErrorOf("router: {host: 0.0.0.0, http_port: 8201}\n"), "");
+}
+
+TEST(ClusterConfigTest, SuperviseSection) {
+  absl::StatusOr<ClusterConfig> c = ParseClusterConfig("", "c.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->supervise.max_restarts, 5);  // the defaults, also without the section
+  EXPECT_EQ(c->supervise.window_s, 60);
+  EXPECT_EQ(c->supervise.backoff_s, 0.5);
+  EXPECT_EQ(c->supervise.max_backoff_s, 10);
+  EXPECT_EQ(c->supervise.reset_after_s, 30);
+
+  c = ParseClusterConfig(
+      "supervise:\n  max_restarts: 0\n  window_s: 120\n  backoff_s: 0.25\n  max_backoff_s: 4\n"
+      "  reset_after_s: 5.5\n",
+      "c.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->supervise.max_restarts, 0);
+  EXPECT_EQ(c->supervise.window_s, 120);
+  EXPECT_EQ(c->supervise.backoff_s, 0.25);
+  EXPECT_EQ(c->supervise.max_backoff_s, 4);
+  EXPECT_EQ(c->supervise.reset_after_s, 5.5);
+
+  std::string error = ErrorOf("supervise:\n  max_restart: 3\n");
+  EXPECT_NE(error.find("c.yaml:2: unknown key 'supervise.max_restart'"), std::string::npos)
+      << error;
+  error = ErrorOf("supervise:\n  max_restarts: -1\n");
+  EXPECT_NE(error.find("c.yaml:2: 'supervise.max_restarts' is -1, want 0..1000"), std::string::npos)
+      << error;
+  error = ErrorOf("supervise: {backoff_s: soon}\n");
+  EXPECT_NE(error.find("supervise.backoff_s"), std::string::npos) << error;
+  error = ErrorOf("supervise: {backoff_s: 0}\n");
+  EXPECT_NE(error.find("'supervise.backoff_s' is 0, want 0.01..3600 (seconds)"), std::string::npos)
+      << error;
+  error = ErrorOf("supervise: {window_s: .nan}\n");
+  EXPECT_NE(error.find("'supervise.window_s' is nan"), std::string::npos) << error;
+  error = ErrorOf("supervise: {backoff_s: 2, max_backoff_s: 1}\n");
+  EXPECT_NE(error.find("'supervise.max_backoff_s' is 1, less than supervise.backoff_s (2)"),
+            std::string::npos)
+      << error;
+  EXPECT_NE(ErrorOf("supervise: 5\n").find("'supervise' must be a mapping"), std::string::npos);
 }
 
 TEST(ClusterConfigTest, MissingFileIsAnError) {

@@ -3,12 +3,16 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <thread>
@@ -21,6 +25,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "cli/restart_policy.h"
 #include "gtest/gtest.h"
 
 namespace strata::cli {
@@ -71,6 +76,14 @@ class Lines {
       }
       return false;
     });
+    return found;
+  }
+  // The rest of every line starting with `prefix`, in order.
+  std::vector<std::string> After(absl::string_view prefix) {
+    std::vector<std::string> found;
+    for (const std::string& line : Get()) {
+      if (absl::StartsWith(line, prefix)) found.push_back(line.substr(prefix.size()));
+    }
     return found;
   }
   bool Has(absl::string_view line) {
@@ -190,23 +203,175 @@ TEST_F(SupervisorTest, StopsLowerStopOrderFirst) {
   EXPECT_TRUE(lines.Has("[last] first-gone")) << absl::StrJoin(lines.Get(), "\n");
 }
 
-TEST_F(SupervisorTest, CrashingChildIsReportedAndTheOthersAreStopped) {
+TEST_F(SupervisorTest, WithRestartsOffACrashIsReportedAndTheOthersGoOn) {
   SignalWaiter signals;
   Lines lines;
-  Supervisor supervisor({.output = lines.Sink()});
+  Supervisor supervisor({.output = lines.Sink(), .restart = {.max_restarts = 0}});
   absl::StatusOr<pid_t> a = supervisor.Start(Sleeper("a"));
   absl::StatusOr<pid_t> b = supervisor.Start(Sleeper("b"));
   ASSERT_TRUE(a.ok() && b.ok());
   ASSERT_TRUE(supervisor.Start(Shell("crasher", "echo about to fail; exit 3")).ok());
   absl::StatusOr<int> watched = supervisor.Watch(signals);
   ASSERT_FALSE(watched.ok());
+  EXPECT_EQ(watched.status().code(), absl::StatusCode::kAborted);
   const std::string message(watched.status().message());
-  EXPECT_NE(message.find("crasher"), std::string::npos) << message;
+  EXPECT_NE(message.find("giving up on crasher (restarts are off)"), std::string::npos) << message;
   EXPECT_NE(message.find("exited with status 3"), std::string::npos) << message;
   EXPECT_NE(message.find("about to fail"), std::string::npos) << message;
+  EXPECT_TRUE(supervisor.GivenUp("crasher"));
+  EXPECT_FALSE(supervisor.GivenUp("a"));
+  EXPECT_EQ(supervisor.running(), 2);
   supervisor.Stop();
   EXPECT_TRUE(Gone(*a));
   EXPECT_TRUE(Gone(*b));
+}
+
+// Short backoffs (0.05 s doubling to 0.2 s), so that tests of restarts take well under a second.
+RestartPolicy FastRestarts(int max_restarts) {
+  return {.max_restarts = max_restarts,
+          .window = absl::Seconds(60),
+          .initial_backoff = absl::Milliseconds(50),
+          .max_backoff = absl::Milliseconds(200),
+          .reset_after = absl::Seconds(60)};
+}
+
+// How many of `lines` contain `part`.
+int CountContaining(const std::vector<std::string>& lines, absl::string_view part) {
+  return static_cast<int>(std::count_if(lines.begin(), lines.end(), [&](const std::string& line) {
+    return absl::StrContains(line, part);
+  }));
+}
+
+TEST_F(SupervisorTest, CrashingChildIsRestartedWithBackoffThenGivenUpOn) {
+  SignalWaiter signals;
+  Lines lines;
+  Lines events;
+  Supervisor supervisor(
+      {.output = lines.Sink(), .restart = FastRestarts(3), .events = events.Sink()});
+  absl::StatusOr<pid_t> other = supervisor.Start(Sleeper("other"));
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(supervisor.Start(Shell("crasher", "echo run $$; exit 3")).ok());
+  const absl::Time start = absl::Now();
+  absl::StatusOr<int> watched = supervisor.Watch(signals);
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_FALSE(watched.ok());
+  EXPECT_EQ(watched.status().code(), absl::StatusCode::kAborted);
+  const std::string message(watched.status().message());
+  EXPECT_TRUE(absl::StartsWith(message, "giving up on crasher after 3 restarts in 60 s: it (pid "))
+      << message;
+  EXPECT_NE(message.find("exited with status 3"), std::string::npos) << message;
+  EXPECT_NE(message.find("run "), std::string::npos) << "its last output: " << message;
+
+  // Started once and restarted three times, each run a new process, after 0.05, 0.1, 0.2 s.
+  std::vector<std::string> runs = lines.After("[crasher] run ");
+  EXPECT_EQ(runs.size(), 4u) << absl::StrJoin(lines.Get(), "\n");
+  std::sort(runs.begin(), runs.end());
+  EXPECT_EQ(std::unique(runs.begin(), runs.end()) - runs.begin(), 4) << "pids repeat";
+  EXPECT_GE(took, absl::Milliseconds(350));
+  EXPECT_LT(took, absl::Seconds(10));
+  const std::vector<std::string> said = events.Get();
+  const std::string all = absl::StrJoin(said, "\n");
+  EXPECT_EQ(CountContaining(said, "exited with status 3 after "), 3) << all;
+  EXPECT_EQ(CountContaining(said, "restarting it in 0.05 s (restart 1 of at most 3 in 60 s)"), 1)
+      << all;
+  EXPECT_EQ(CountContaining(said, "restarting it in 0.1 s (restart 2 of at most 3 in 60 s)"), 1)
+      << all;
+  EXPECT_EQ(CountContaining(said, "restarting it in 0.2 s (restart 3 of at most 3 in 60 s)"), 1)
+      << all;
+  EXPECT_EQ(CountContaining(said, "restarted crasher (pid "), 3) << all;
+  for (const std::string& event : said) EXPECT_TRUE(absl::StrContains(event, "crasher")) << event;
+
+  // The others were left alone.
+  EXPECT_TRUE(supervisor.GivenUp("crasher"));
+  EXPECT_FALSE(supervisor.GivenUp("other"));
+  EXPECT_EQ(supervisor.running(), 1);
+  EXPECT_EQ(kill(*other, 0), 0);
+  supervisor.Stop();
+  EXPECT_TRUE(Gone(*other));
+}
+
+TEST_F(SupervisorTest, KilledChildIsRestartedAndTheOthersKeepRunning) {
+  SignalWaiter signals;  // before any thread: every thread blocks SIGTERM
+  Lines lines;
+  Lines events;
+  Supervisor supervisor(
+      {.output = lines.Sink(), .restart = FastRestarts(5), .events = events.Sink()});
+  absl::StatusOr<pid_t> other = supervisor.Start(Sleeper("other"));
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(supervisor.Start(Shell("victim", "echo up $$; exec sleep 1000")).ok());
+
+  // While Watch() runs here: SIGKILL the victim from outside, wait for its successor, then ask
+  // this thread to stop.
+  const pthread_t watcher = pthread_self();
+  pid_t first = 0;
+  pid_t second = 0;
+  std::thread killer([&] {
+    if (WaitFor([&] { return lines.After("[victim] up ").size() == 1; }) &&
+        absl::SimpleAtoi(lines.After("[victim] up ")[0], &first)) {
+      kill(first, SIGKILL);
+      if (WaitFor([&] { return lines.After("[victim] up ").size() == 2; }))
+        absl::SimpleAtoi(lines.After("[victim] up ")[1], &second);
+    }
+    pthread_kill(watcher, SIGTERM);
+  });
+  absl::StatusOr<int> watched = supervisor.Watch(signals);
+  killer.join();
+  ASSERT_TRUE(watched.ok()) << watched.status();
+  EXPECT_EQ(*watched, SIGTERM);
+  ASSERT_GT(first, 0);
+  ASSERT_GT(second, 0) << "not restarted: " << absl::StrJoin(events.Get(), "\n");
+  EXPECT_NE(first, second);
+  const std::string all = absl::StrJoin(events.Get(), "\n");
+  EXPECT_NE(
+      all.find(absl::StrCat("victim (pid ", first, ") was killed by signal 9 (Killed) after ")),
+      std::string::npos)
+      << all;
+  EXPECT_NE(all.find("restarting it in 0.05 s (restart 1 of at most 5 in 60 s)"), std::string::npos)
+      << all;
+  EXPECT_NE(all.find(absl::StrCat("restarted victim (pid ", second, ", restart 1)")),
+            std::string::npos)
+      << all;
+  EXPECT_EQ(supervisor.running(), 2);
+  EXPECT_EQ(kill(*other, 0), 0) << "the other child must not have been touched";
+  supervisor.Stop();
+  EXPECT_TRUE(Gone(*other));
+  EXPECT_TRUE(Gone(second));
+}
+
+TEST_F(SupervisorTest, StayingUpResetsTheBackoff) {
+  SignalWaiter signals;
+  Lines events;
+  RestartPolicy policy = FastRestarts(2);
+  policy.reset_after = absl::Milliseconds(200);
+  Supervisor supervisor({.restart = policy, .events = events.Sink()});
+  // Each run lasts longer than reset_after: every restart waits the initial backoff.
+  ASSERT_TRUE(supervisor.Start(Shell("slow-crasher", "sleep 0.3; exit 1")).ok());
+  absl::StatusOr<int> watched = supervisor.Watch(signals);
+  ASSERT_FALSE(watched.ok());
+  EXPECT_NE(watched.status().message().find("giving up on slow-crasher after 2 restarts"),
+            std::string::npos)
+      << watched.status();
+  const std::vector<std::string> said = events.Get();
+  EXPECT_EQ(CountContaining(said, "restarting it in 0.05 s"), 2) << absl::StrJoin(said, "\n");
+  EXPECT_EQ(CountContaining(said, "restarting it in 0.1 s"), 0) << absl::StrJoin(said, "\n");
+}
+
+TEST_F(SupervisorTest, StopRestartsNothing) {
+  SignalWaiter signals;
+  Lines lines;
+  Lines events;
+  Supervisor supervisor(
+      {.output = lines.Sink(), .restart = FastRestarts(5), .events = events.Sink()});
+  // Exits with a failure status when told to stop: that is not a crash to restart.
+  absl::StatusOr<pid_t> pid = supervisor.Start(
+      Shell("grumpy", "trap 'exit 3' TERM; echo ready; while :; do sleep 0.05; done"));
+  ASSERT_TRUE(pid.ok());
+  ASSERT_TRUE(lines.WaitForLine("[grumpy] ready").has_value());
+  supervisor.Stop();
+  EXPECT_EQ(supervisor.running(), 0);
+  EXPECT_TRUE(Gone(*pid));
+  EXPECT_EQ(lines.After("[grumpy] ready").size(), 1u);
+  EXPECT_TRUE(events.Get().empty()) << absl::StrJoin(events.Get(), "\n");
 }
 
 TEST_F(SupervisorTest, WaitReadyFailsWithTheChildsOutputWhenItExits) {
@@ -279,9 +444,12 @@ TEST_F(SupervisorTest, ChildGetsEnvironmentOverrides) {
   EXPECT_TRUE(lines.WaitForLine("[env] UCX_TLS=shm,tcp").has_value());
 }
 
-// Runs a supervisor in a forked process, the way `strata up` does, with two sleeping children.
-// Returns its pid; the children's pids arrive in *children.
-pid_t ForkSupervisor(std::vector<pid_t>* children) {
+// Runs a supervisor in a forked process, the way `strata up` does, with `specs` as its children
+// (two sleepers by default) until SIGTERM; it exits 0 if Watch() returned SIGTERM. Returns its
+// pid; the children's first pids arrive in *children.
+pid_t ForkSupervisor(std::vector<pid_t>* children,
+                     std::vector<ChildSpec> specs = {Sleeper("a"), Sleeper("b")},
+                     RestartPolicy policy = {}) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
   const pid_t pid = fork();
@@ -290,10 +458,10 @@ pid_t ForkSupervisor(std::vector<pid_t>* children) {
     int code = 2;
     {
       SignalWaiter signals;
-      Supervisor supervisor({});
+      Supervisor supervisor({.restart = policy});
       std::string pids;
-      for (const char* name : {"a", "b"}) {
-        absl::StatusOr<pid_t> child = supervisor.Start(Sleeper(name));
+      for (const ChildSpec& spec : specs) {
+        absl::StatusOr<pid_t> child = supervisor.Start(spec);
         if (!child.ok()) _exit(3);
         absl::StrAppend(&pids, *child, " ");
       }
@@ -335,6 +503,51 @@ TEST_F(SupervisorTest, SigtermToTheSupervisorStopsEveryChild) {
   for (pid_t child : children) EXPECT_TRUE(Gone(child)) << child;
 }
 
+TEST_F(SupervisorTest, SigtermDuringACrashLoopStopsEverythingAndRestartsNothingAfter) {
+  char dir_template[] = "/tmp/strata-supervisor-test.XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string runs_file = absl::StrCat(dir_template, "/runs");
+  // Every run of the looper appends its pid to runs_file.
+  auto runs = [&] {
+    std::vector<pid_t> pids;
+    std::string text;
+    if (FILE* f = fopen(runs_file.c_str(), "r")) {
+      char buf[4096];
+      size_t n;
+      while ((n = fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+      fclose(f);
+    }
+    for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipWhitespace())) {
+      pid_t pid = 0;
+      if (absl::SimpleAtoi(line, &pid)) pids.push_back(pid);
+    }
+    return pids;
+  };
+  RestartPolicy policy = FastRestarts(1000);
+  policy.initial_backoff = policy.max_backoff = absl::Milliseconds(20);
+  std::vector<pid_t> children;
+  const pid_t supervisor = ForkSupervisor(
+      &children,
+      {Sleeper("steady"),
+       Shell("looper", absl::StrCat("echo $$ >> ", runs_file, "; sleep 0.05; exit 1"))},
+      policy);
+  ASSERT_GT(supervisor, 0);
+  ASSERT_EQ(children.size(), 2u);
+  ASSERT_TRUE(WaitFor([&] { return runs().size() >= 3; })) << "the looper was not restarted";
+  ASSERT_EQ(kill(supervisor, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(supervisor, &status, 0), supervisor);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  const std::vector<pid_t> after_stop = runs();
+  for (pid_t child : children) EXPECT_TRUE(Gone(child)) << child;
+  for (pid_t run : after_stop) EXPECT_TRUE(Gone(run)) << run;
+  // A restart that was due when the stop came must not happen later either.
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_EQ(runs().size(), after_stop.size());
+  std::filesystem::remove_all(dir_template);
+}
+
 TEST_F(SupervisorTest, ChildrenStopWhenTheSupervisorIsKilled) {
   std::vector<pid_t> children;
   const pid_t supervisor = ForkSupervisor(&children);
@@ -344,6 +557,108 @@ TEST_F(SupervisorTest, ChildrenStopWhenTheSupervisorIsKilled) {
   ASSERT_EQ(kill(supervisor, SIGKILL), 0);
   ASSERT_EQ(waitpid(supervisor, nullptr, 0), supervisor);
   for (pid_t child : children) EXPECT_TRUE(Gone(child)) << child;
+}
+
+// ---- restart policy ----
+
+// The backoffs a tracker gives for a child that runs `up` each time, until it gives up (at most
+// 20).
+std::vector<double> Backoffs(RestartTracker& tracker, absl::Time* now, absl::Duration up) {
+  std::vector<double> seconds;
+  for (int i = 0; i < 20; ++i) {
+    const absl::Time started = *now;
+    *now += up;
+    const RestartTracker::Decision d = tracker.OnExit(started, *now);
+    if (d.give_up) break;
+    seconds.push_back(absl::ToDoubleSeconds(d.backoff));
+    *now += d.backoff;
+  }
+  return seconds;
+}
+
+TEST(RestartTrackerTest, BackoffDoublesUpToTheMaximum) {
+  RestartTracker tracker({.max_restarts = 8,
+                          .window = absl::Seconds(600),
+                          .initial_backoff = absl::Milliseconds(500),
+                          .max_backoff = absl::Seconds(10),
+                          .reset_after = absl::Seconds(30)});
+  absl::Time now = absl::UnixEpoch();
+  EXPECT_EQ(Backoffs(tracker, &now, absl::Seconds(1)),
+            (std::vector<double>{0.5, 1, 2, 4, 8, 10, 10, 10}));
+  EXPECT_EQ(tracker.total_restarts(), 8);
+}
+
+TEST(RestartTrackerTest, StayingUpResetsTheBackoff) {
+  RestartTracker tracker({.max_restarts = 100,
+                          .window = absl::Seconds(60),
+                          .initial_backoff = absl::Milliseconds(500),
+                          .max_backoff = absl::Seconds(10),
+                          .reset_after = absl::Seconds(30)});
+  absl::Time now = absl::UnixEpoch();
+  auto once = [&](absl::Duration up) {
+    const absl::Time started = now;
+    now += up;
+    RestartTracker::Decision d = tracker.OnExit(started, now);
+    EXPECT_FALSE(d.give_up);
+    now += d.backoff;
+    return absl::ToDoubleSeconds(d.backoff);
+  };
+  EXPECT_EQ(once(absl::Seconds(1)), 0.5);
+  EXPECT_EQ(once(absl::Seconds(1)), 1);
+  EXPECT_EQ(once(absl::Seconds(1)), 2);
+  EXPECT_EQ(once(absl::Seconds(29)), 4) << "29 s up is not yet 'a while'";
+  EXPECT_EQ(once(absl::Seconds(30)), 0.5);
+  EXPECT_EQ(once(absl::Seconds(1)), 1);
+}
+
+TEST(RestartTrackerTest, GivesUpAfterMaxRestartsWithinTheWindow) {
+  RestartTracker tracker({.max_restarts = 3,
+                          .window = absl::Seconds(60),
+                          .initial_backoff = absl::Milliseconds(500),
+                          .max_backoff = absl::Seconds(10),
+                          .reset_after = absl::Seconds(30)});
+  const absl::Time t0 = absl::UnixEpoch();
+  for (int i = 0; i < 3; ++i) {
+    RestartTracker::Decision d =
+        tracker.OnExit(t0 + absl::Seconds(i * 5), t0 + absl::Seconds(i * 5 + 1));
+    EXPECT_FALSE(d.give_up) << i;
+    EXPECT_EQ(d.restarts_in_window, i);
+  }
+  RestartTracker::Decision d = tracker.OnExit(t0 + absl::Seconds(15), t0 + absl::Seconds(16));
+  EXPECT_TRUE(d.give_up);
+  EXPECT_EQ(d.restarts_in_window, 3);
+}
+
+TEST(RestartTrackerTest, RestartsOlderThanTheWindowDoNotCount) {
+  RestartTracker tracker({.max_restarts = 2,
+                          .window = absl::Seconds(10),
+                          .initial_backoff = absl::Milliseconds(500),
+                          .max_backoff = absl::Seconds(10),
+                          .reset_after = absl::Seconds(30)});
+  const absl::Time t0 = absl::UnixEpoch();
+  auto exit_at = [&](double s) {
+    return tracker.OnExit(t0 + absl::Seconds(s - 0.1), t0 + absl::Seconds(s));
+  };
+  EXPECT_FALSE(exit_at(0).give_up);
+  EXPECT_FALSE(exit_at(5).give_up);
+  const RestartTracker::Decision third = exit_at(10.5);  // the restart at 0 s has left the window
+  EXPECT_FALSE(third.give_up);
+  EXPECT_EQ(third.restarts_in_window, 1);
+  EXPECT_TRUE(exit_at(12).give_up);  // 5 s and 10.5 s are within 10 s of it
+}
+
+TEST(RestartTrackerTest, NoRestartsMeansGivingUpAtTheFirstExit) {
+  RestartTracker tracker({.max_restarts = 0});
+  const absl::Time t0 = absl::UnixEpoch();
+  EXPECT_TRUE(tracker.OnExit(t0, t0 + absl::Hours(1)).give_up);
+  EXPECT_EQ(tracker.total_restarts(), 0);
+}
+
+TEST(RestartTrackerTest, FormatSeconds) {
+  EXPECT_EQ(FormatSeconds(absl::Milliseconds(500)), "0.5 s");
+  EXPECT_EQ(FormatSeconds(absl::Seconds(60)), "60 s");
+  EXPECT_EQ(FormatSeconds(absl::Milliseconds(1250)), "1.25 s");
+  EXPECT_EQ(FormatSeconds(absl::Microseconds(12345678)), "12.346 s");
 }
 
 // ---- probes ----

@@ -181,6 +181,47 @@ TEST(HttpServerTest, MalformedRequestGets400AndExpectContinueIsHonoured) {
   EXPECT_EQ(r->body, "POST /up hello");
 }
 
+// A response to HEAD has its head only, whatever its Content-Length or Transfer-Encoding says, so
+// the next response on the connection is read right (found by tests/fuzz/http_request_fuzzer).
+TEST(HttpServerTest, ResponsesToHeadHaveNoBody) {
+  auto server = StartServer([](HttpRequest r, std::shared_ptr<HttpExchange> e) {
+    if (r.path != "/stream") return Echo(r, *e);
+    e->StartStream(200, "text/event-stream");
+    e->Write("data: x\n\n");
+    e->Finish();
+  });
+  auto conn = TestConnection::Connect(server->port());
+  ASSERT_TRUE(conn->Send(MakeRequest("HEAD", "/echo") + MakeRequest("HEAD", "/stream") +
+                         MakeRequest("GET", "/after")));
+  auto head = conn->ReadHead();
+  ASSERT_TRUE(head.has_value());
+  EXPECT_EQ(head->status, 200);
+  EXPECT_EQ(head->Header("Content-Length"), "11");  // "HEAD /echo "
+  auto stream = conn->ReadHead();
+  ASSERT_TRUE(stream.has_value());
+  EXPECT_TRUE(stream->chunked);
+  auto after = conn->ReadResponse();
+  ASSERT_TRUE(after.has_value());
+  EXPECT_EQ(after->body, "GET /after ");
+}
+
+// An HTTP/1.0 stream ends where the connection does, and its head says so even when the client
+// asked to keep the connection alive (found by the http_request fuzzer).
+TEST(HttpServerTest, Http10StreamSaysConnectionClose) {
+  auto server = StartServer([](HttpRequest, std::shared_ptr<HttpExchange> e) {
+    e->StartStream(200, "text/event-stream");
+    e->Write("data: x\n\n");
+    e->Finish();
+  });
+  auto conn = TestConnection::Connect(server->port());
+  ASSERT_TRUE(conn->Send("GET /s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+  auto r = conn->ReadResponse();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->Header("Connection"), "close");
+  EXPECT_EQ(r->body, "data: x\n\n");
+  EXPECT_TRUE(conn->WaitClosed());
+}
+
 TEST(HttpServerTest, DroppedExchangeGets500) {
   auto server = StartServer([](HttpRequest, std::shared_ptr<HttpExchange>) {});
   auto conn = TestConnection::Connect(server->port());

@@ -128,6 +128,25 @@ TEST_F(SafetensorsTest, SizeNotMatchingDtypeTimesShapeIsRefused) {
   EXPECT_THAT(file.status().message(), HasSubstr("needs 24"));
 }
 
+// An empty tensor's element count is 0, but NumElements multiplies the shape in int64 from the
+// left, so a shape whose partial products overflow it is refused (found by
+// tests/fuzz/safetensors_header_fuzzer's checks); an ordinary empty tensor is fine.
+TEST_F(SafetensorsTest, ShapesOverflowingInt64AreRefusedEvenWhenEmpty) {
+  std::string path = WriteRaw(
+      "o.safetensors",
+      R"({"t": {"dtype": "U8", "shape": [9223372036854775807, 2, 0], "data_offsets": [0, 0]}})", 0);
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_FALSE(file.ok());
+  EXPECT_THAT(file.status().message(), HasSubstr("too large"));
+
+  path = WriteRaw("e.safetensors",
+                  R"({"t": {"dtype": "U8", "shape": [0, 9223372036854775807], "data_offsets": [0, 0]}})",
+                  0);
+  file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(NumElements((*file)->tensors()[0].shape), 0);
+}
+
 TEST_F(SafetensorsTest, HolesAndUnknownDtypesAreRefused) {
   std::string hole = WriteRaw("h.safetensors", R"({"a": {"dtype": "I8", "shape": [2], "data_offsets": [2, 4]}})", 4);
   auto file = SafetensorsFile::Open(hole);

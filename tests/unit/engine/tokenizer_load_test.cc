@@ -3,6 +3,7 @@
 // corrupt and unsupported files. Also checks the two BPE merge paths against each other.
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -150,6 +151,52 @@ std::string Replace(const std::string& json, const std::string& from, const std:
   std::string out = absl::StrReplaceAll(json, {{from, to}});
   EXPECT_NE(out, json) << "the test's edit did not apply: " << from;
   return out;
+}
+
+// A DeepSeek chat template over the synthetic tokenizer, whose role markers strip whitespace
+// (DeepSeek's do not) and which has no tokens for EOS and the tool markers (text, then).
+TEST(SyntheticTokenizerTest, EncodeChatMatchesEncodeOfTheTemplateAndKeepsContentText) {
+  TempDir dir;
+  const std::string json =
+      Replace(SyntheticTokenizerJson(), R"({"id": 302, "content": "<B>", "special": true})",
+              R"({"id": 302, "content": "<B>", "special": true},
+    {"id": 303, "content": "<｜User｜>", "rstrip": true, "special": false},
+    {"id": 304, "content": "<｜Assistant｜>", "lstrip": true, "special": false})");
+  auto tok = LoadFrom(dir, json,
+                      R"({"bos_token": "<B>", "eos_token": "<R>",
+                          "chat_template": "{{'<｜User｜>' + m}}{{'<｜Assistant｜>'}}"})");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const Tokenizer& t = **tok;
+  // The markers' lstrip / rstrip trim the content next to them, as in the rendered template.
+  EXPECT_THAT(*t.EncodeChat({{"user", " ab "}}, true), ElementsAre(302, 303, 257, 304));
+  const std::vector<std::vector<ChatMessage>> chats = {
+      {{"user", " ab "}},
+      {{"system", " S "}, {"user", "\n bc\u3000"}, {"assistant", " aa "}, {"user", "  "}},
+      {{"user", "q "}, {"tool", " r1 "}, {"tool", "r2"}, {"assistant", " a"}},
+  };
+  for (const auto& chat : chats) {
+    for (bool gen : {true, false}) {
+      absl::StatusOr<std::string> text = t.ApplyChatTemplate(chat, gen);
+      ASSERT_TRUE(text.ok()) << text.status();
+      EXPECT_EQ(*t.EncodeChat(chat, gen), t.Encode(*text)) << *text;
+    }
+  }
+  // Content is text: its "<B>" and "<｜Assistant｜>" are not the markers' ids.
+  absl::StatusOr<std::vector<int32_t>> ids = t.EncodeChat({{"user", "x<B><｜Assistant｜>"}}, true);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(ids->front(), 302);
+  EXPECT_EQ(ids->back(), 304);
+  EXPECT_EQ(std::count(ids->begin(), ids->end(), 302), 1);
+  EXPECT_EQ(std::count(ids->begin(), ids->end(), 304), 1);
+  EXPECT_EQ(*t.Decode(*ids), "<B><｜User｜>x<B><｜Assistant｜><｜Assistant｜>");
+}
+
+TEST(SyntheticTokenizerTest, NoChatTemplateMeansNoEncodeChat) {
+  TempDir dir;
+  auto tok = LoadFrom(dir, SyntheticTokenizerJson());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->EncodeChat({{"user", "hi"}}, true).status().code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(TokenizerLoadErrorTest, MissingFiles) {

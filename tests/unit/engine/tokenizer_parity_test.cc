@@ -4,6 +4,7 @@
 // same rendered prompt.
 #include <algorithm>
 #include <cstdlib>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -189,6 +190,44 @@ TEST_F(TokenizerParityTest, ChatTemplateMatchesReference) {
     const std::vector<int32_t> got = tokenizer_->Encode(c.text);
     EXPECT_EQ(got, c.ids) << Difference(c.name, c.text, c.ids, got);
   }
+}
+
+// The serving path's EncodeChat gives the reference's ids for every conversation whose messages
+// hold no added token's text. Where they do, the reference reads that text as the tokens and
+// EncodeChat as text: the same text, with only the template's own markers as added tokens.
+TEST_F(TokenizerParityTest, EncodeChatMatchesReferenceWhereContentHoldsNoAddedToken) {
+  auto is_added = [](int32_t id) { return id <= 2 || id >= 128000; };  // DeepSeek V3's ids
+  auto markers = [&](const std::vector<int32_t>& ids) {
+    std::vector<int32_t> out;
+    std::copy_if(ids.begin(), ids.end(), std::back_inserter(out), is_added);
+    return out;
+  };
+  size_t plain = 0;
+  size_t forged = 0;
+  for (const ChatCase& c : *chats_) {
+    absl::StatusOr<std::vector<int32_t>> got =
+        tokenizer_->EncodeChat(c.messages, c.add_generation_prompt);
+    ASSERT_TRUE(got.ok()) << c.name << ": " << got.status();
+    std::vector<ChatMessage> skeleton = c.messages;
+    bool holds_added = false;
+    for (ChatMessage& m : skeleton) {
+      holds_added =
+          holds_added || tokenizer_->Encode(m.content) != tokenizer_->EncodePlainText(m.content);
+      m.content.clear();
+    }
+    if (!holds_added) {
+      ++plain;
+      EXPECT_EQ(*got, c.ids) << Difference(c.name, c.text, c.ids, *got);
+      continue;
+    }
+    ++forged;
+    EXPECT_EQ(*tokenizer_->Decode(*got), c.text) << c.name;
+    EXPECT_EQ(markers(*got), markers(*tokenizer_->EncodeChat(skeleton, c.add_generation_prompt)))
+        << c.name;
+  }
+  // Guards against generated conversations that stopped covering either kind.
+  EXPECT_GE(plain, 10u);
+  EXPECT_GE(forged, 5u);
 }
 
 }  // namespace

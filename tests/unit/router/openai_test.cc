@@ -4,6 +4,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "router/auth.h"
+#include "router/generation.h"
 
 namespace strata::router {
 namespace {
@@ -140,6 +141,49 @@ TEST(OpenAiParseTest, NullMeansDefault) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_FALSE(r->max_tokens.has_value());
   EXPECT_TRUE(r->stop.empty());
+}
+
+// A key given twice keeps its last value, as scalar fields always did: repeating "prompt" cannot
+// leave both a text prompt and ids, nor repeating "stop" more than 4 stop sequences (found by
+// tests/fuzz/openai_request_fuzzer).
+TEST(OpenAiParseTest, RepeatedKeysKeepTheLastValue) {
+  auto r = Completion(R"({"model":"m","prompt":[1,2],"prompt":"text"})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->prompt, "text");
+  EXPECT_FALSE(r->prompt_ids.has_value());
+  r = Completion(R"({"model":"m","prompt":"text","prompt":[3]})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->prompt, "");
+  EXPECT_EQ(*r->prompt_ids, (std::vector<int32_t>{3}));
+  r = Completion(R"({"model":"m","prompt":"p","stop":["1","2","3","4"],"stop":["5","6","7","8"],
+                     "stop":"9"})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->stop, (std::vector<std::string>{"9"}));
+  r = Chat(R"({"model":"m","messages":[{"role":"user","content":"a"}],
+               "messages":[{"role":"user","content":"b"}]})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->messages.size(), 1u);
+  EXPECT_EQ(r->messages[0].content, "b");
+}
+
+// The router forwards a client's traceparent to the workers (gRPC metadata, a proto3 string) only
+// in W3C's form; anything else is replaced by a new one (found by the openai_request fuzzer).
+TEST(TraceparentTest, OnlyW3CFormIsForwarded) {
+  const std::string good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  EXPECT_EQ(TraceparentFor(good), good);
+  for (const std::string& bad : std::vector<std::string>{
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba=02b7-01",     // not hex
+           "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",     // uppercase
+           "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",     // version ff
+           "00-00000000000000000000000000000000-00f067aa0ba902b7-01",     // zero trace id
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",     // zero parent id
+           "00-4bf92f3577b34da6a3ce929d0e0e473\x80-00f067aa0ba902b7-01",  // not UTF-8
+       }) {
+    const std::string out = TraceparentFor(bad);
+    EXPECT_NE(out, bad);
+    EXPECT_EQ(out.size(), 55u);
+    EXPECT_EQ(out.substr(0, 3), "00-");
+  }
 }
 
 TEST(OpenAiErrorTest, StatusMapping) {

@@ -102,6 +102,15 @@ class ScriptedUpstream final : public Upstream {
     return std::make_unique<Handle>(call, std::move(thread));
   }
 
+  void SetReady(absl::Status ready) {
+    absl::MutexLock lock(&mu_);
+    ready_ = std::move(ready);
+  }
+  absl::Status Ready() const override {
+    absl::MutexLock lock(&mu_);
+    return ready_;
+  }
+
   std::shared_ptr<ScriptedCall> last_call() {
     absl::MutexLock lock(&mu_);
     return calls_.empty() ? nullptr : calls_.back();
@@ -134,8 +143,9 @@ class ScriptedUpstream final : public Upstream {
     std::unique_ptr<std::thread> thread_;
   };
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   Script script_ ABSL_GUARDED_BY(mu_);
+  absl::Status ready_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<ScriptedCall>> calls_ ABSL_GUARDED_BY(mu_);
 };
 
