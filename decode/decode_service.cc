@@ -30,6 +30,8 @@ struct PrefillCall {
   v1::PrefillReply reply;
   std::atomic<bool> cancelled{false};  // by this worker (its stream was cancelled)
   std::atomic<bool> failed{false};     // the prefill worker failed the call (or vanished)
+  // The blocks and state slot lent to the prefill worker for this call, revoked when it ends.
+  std::unique_ptr<transport::Grant> pool_grant, state_grant;
 };
 
 // One Decode.Generate stream. Scheduler events are coalesced into the next write while one is in
@@ -136,7 +138,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent>, p
     call->request.set_request_id(id_);
     call->request.mutable_tokens()->Add(tokens.begin(), tokens.end());
     call->request.set_traceparent(traceparent_);
-    service_.FillTarget(admission, call->request.mutable_target());
+    Scheduler* scheduler = &service_.scheduler();
+    if (absl::Status granted = service_.GrantTarget(admission, call->request.mutable_target(), &call->pool_grant,
+                                                    &call->state_grant);
+        !granted.ok()) {
+      return scheduler->Landed(id_, Annotate(granted, "lending the KV blocks to the prefill worker"));
+    }
     call->context.set_deadline(std::chrono::system_clock::now() +
                                absl::ToChronoMilliseconds(service_.options().prefill_timeout));
     if (!traceparent_.empty()) call->context.AddMetadata("traceparent", traceparent_);
@@ -145,7 +152,6 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent>, p
       prefill_ = call;
     }
     auto stub = service_.PrefillStub(prefill_address_);
-    Scheduler* scheduler = &service_.scheduler();
     std::string id = id_, address = prefill_address_;
     stub->async()->Prefill(&call->context, &call->request, &call->reply,
                            [call, scheduler, id, address](grpc::Status s) {
@@ -157,7 +163,15 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent>, p
                                  spdlog::warn("request {}: {}", id, status.ToString());
                                }
                              }
-                             scheduler->Landed(id, status, call->reply.transfer_wait_ms());
+                             // The fence: once the grants are revoked no put of this transfer
+                             // lands, where the transport enforces it; elsewhere only a prefill
+                             // worker that answered after settling its puts vouches for that.
+                             const bool enforced = call->pool_grant->enforced() && call->state_grant->enforced();
+                             const bool settled =
+                                 s.ok() || call->context.GetServerTrailingMetadata().count("strata-prefill-settled") > 0;
+                             call->pool_grant.reset();
+                             call->state_grant.reset();
+                             scheduler->Landed(id, status, call->reply.transfer_wait_ms(), enforced || settled);
                            });
   }
 
@@ -246,8 +260,6 @@ absl::StatusOr<std::unique_ptr<DecodeService>> DecodeService::Create(Scheduler& 
   std::unique_ptr<DecodeService> s(new DecodeService(scheduler, pool, transport, options));
   STRATA_ASSIGN_OR_RETURN(s->pool_registration_, transport.Register(pool.memory(), static_cast<size_t>(pool.memory_bytes())));
   STRATA_ASSIGN_OR_RETURN(s->landing_registration_, transport.Register(scheduler.landing_memory(), scheduler.landing_bytes()));
-  s->pool_region_ = s->pool_registration_->Describe();
-  s->landing_region_ = s->landing_registration_->Describe();
   s->heartbeat_thread_ = std::thread([p = s.get()] { p->HeartbeatLoop(); });
   return s;
 }
@@ -293,21 +305,31 @@ std::shared_ptr<v1::Prefill::Stub> DecodeService::PrefillStub(const std::string&
   return stub;
 }
 
-void DecodeService::FillTarget(const Admission& admission, v1::KvTarget* target) const {
+absl::Status DecodeService::GrantTarget(const Admission& admission, v1::KvTarget* target,
+                                       std::unique_ptr<transport::Grant>* pool_grant,
+                                       std::unique_ptr<transport::Grant>* state_grant) {
   const engine::KvLayout& layout = pool_.layout();
+  const uint64_t block_bytes = static_cast<uint64_t>(layout.block_bytes());
+  const uint64_t state_bytes = static_cast<uint64_t>(layout.state_bytes());
+  std::vector<transport::ByteRange> blocks;
+  for (int32_t b : admission.blocks) blocks.push_back({static_cast<uint64_t>(b) * block_bytes, block_bytes});
+  STRATA_ASSIGN_OR_RETURN(*pool_grant, transport_.GrantAccess(*pool_registration_, blocks));
+  const transport::ByteRange slot{static_cast<uint64_t>(admission.landing_slot) * state_bytes, state_bytes};
+  STRATA_ASSIGN_OR_RETURN(*state_grant, transport_.GrantAccess(*landing_registration_, absl::MakeConstSpan(&slot, 1)));
+  const transport::RemoteRegion pool = (*pool_grant)->Describe(), landing = (*state_grant)->Describe();
   target->set_transport_address(transport_.address());
   target->set_layout_fingerprint(layout.fingerprint());
-  auto* pool = target->mutable_pool();
-  pool->set_address(pool_region_.address);
-  pool->set_length(pool_region_.length);
-  pool->set_key(pool_region_.key);
-  target->set_block_bytes(static_cast<uint64_t>(layout.block_bytes()));
+  auto* p = target->mutable_pool();
+  p->set_address(pool.address);
+  p->set_length(pool.length);
+  p->set_key(pool.key);
+  target->set_block_bytes(block_bytes);
   target->mutable_block_ids()->Add(admission.blocks.begin(), admission.blocks.end());
   auto* state = target->mutable_state();
-  state->set_address(landing_region_.address + static_cast<uint64_t>(admission.landing_slot) *
-                                                   static_cast<uint64_t>(layout.state_bytes()));
-  state->set_length(static_cast<uint64_t>(layout.state_bytes()));
-  state->set_key(landing_region_.key);
+  state->set_address(landing.address + slot.offset);
+  state->set_length(state_bytes);
+  state->set_key(landing.key);
+  return absl::OkStatus();
 }
 
 grpc::ServerWriteReactor<v1::TokenEvent>* DecodeService::Generate(grpc::CallbackServerContext* context,

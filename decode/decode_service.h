@@ -1,10 +1,14 @@
 // strata.v1.Decode over gRPC: the thin layer between the router's token streams and the
 // Scheduler. For a request routed with a prefill worker, it reserves blocks through the
 // scheduler, then asks that prefill worker (strata.v1.Prefill) to fill them over the transport,
-// handing it this worker's registered pool and one landing state slot.
+// lending it exactly those blocks and one landing state slot (transport::Grant).
 //
-// Cancellation: a router that cancels the stream (its client disconnected) cancels the request in
-// the scheduler and the prefill call; blocks are freed once the transfer has settled.
+// Cancellation and faults: a router that cancels the stream cancels the request in the scheduler
+// and the prefill call. However the prefill call ends — done, failed, cancelled here, its worker
+// dead or hung — the grants are revoked before the scheduler may reuse the blocks, so a late put
+// of that transfer can never land in another request's blocks. Where the transport cannot enforce
+// a revocation (one-sided RMA) and the prefill worker did not answer that it has settled, the
+// blocks are quarantined instead (SchedulerOptions::quarantine).
 //
 // Threading: gRPC's callback threads call in; all methods are thread-safe.
 #pragma once
@@ -61,8 +65,11 @@ class DecodeService final : public strata::v1::Decode::CallbackService {
 
   // The prefill stub for `address` (channels are cached and shared).
   std::shared_ptr<strata::v1::Prefill::Stub> PrefillStub(const std::string& address);
-  // Where prefill writes `admission`'s blocks and state.
-  void FillTarget(const Admission& admission, strata::v1::KvTarget* target) const;
+  // Where prefill writes `admission`'s blocks and state: grants of exactly those blocks and that
+  // state slot (revoked by destroying them), described in `target`.
+  absl::Status GrantTarget(const Admission& admission, strata::v1::KvTarget* target,
+                           std::unique_ptr<transport::Grant>* pool_grant,
+                           std::unique_ptr<transport::Grant>* state_grant);
 
   Scheduler& scheduler() { return scheduler_; }
   const DecodeServiceOptions& options() const { return options_; }
@@ -81,7 +88,6 @@ class DecodeService final : public strata::v1::Decode::CallbackService {
   transport::Transport& transport_;
   const DecodeServiceOptions options_;
   std::unique_ptr<transport::MemoryRegistration> pool_registration_, landing_registration_;
-  transport::RemoteRegion pool_region_, landing_region_;
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<strata::v1::Prefill::Stub>> stubs_ ABSL_GUARDED_BY(mu_);

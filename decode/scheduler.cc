@@ -78,9 +78,9 @@ void Scheduler::Cancel(const std::string& id) {
   inbox_.cancelled.push_back(id);
 }
 
-void Scheduler::Landed(const std::string& id, absl::Status status, double transfer_wait_ms) {
+void Scheduler::Landed(const std::string& id, absl::Status status, double transfer_wait_ms, bool fenced) {
   absl::MutexLock lock(&mu_);
-  inbox_.landed.push_back({id, std::move(status), transfer_wait_ms});
+  inbox_.landed.push_back({id, std::move(status), transfer_wait_ms, fenced});
 }
 
 SchedulerStats Scheduler::stats() const {
@@ -107,7 +107,11 @@ void Scheduler::Loop() {
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return stop_ || !inbox_.submitted.empty() || !inbox_.cancelled.empty() || !inbox_.landed.empty();
         };
-        mu_.Await(absl::Condition(&ready));
+        if (quarantined_.empty()) {
+          mu_.Await(absl::Condition(&ready));
+        } else {
+          mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1));  // to release them in time
+        }
       }
       std::swap(inbox, inbox_);
       stopping = stop_;
@@ -120,9 +124,11 @@ void Scheduler::Loop() {
         // with us, so nothing is reused.
         End(*s, Finish::kNone, absl::UnavailableError("the decode worker is shutting down"));
       }
+      ReleaseQuarantined(true);
       return;
     }
     Drain(inbox);
+    ReleaseQuarantined(false);
     SettleLandings();
     Admit();
     RunStep();
@@ -143,6 +149,7 @@ void Scheduler::Drain(Inbox& inbox) {
         s->has_landed = true;
         s->landed = l.status;
         s->transfer_wait_ms = l.transfer_wait_ms;
+        s->fenced = l.fenced;
       }
     }
   }
@@ -317,11 +324,28 @@ void Scheduler::RunStep() {
   std::erase_if(admitted_, [](const auto& s) { return s == nullptr; });
 }
 
-// Ends `s`: frees its blocks and slot, sends the final event unless a token event already
-// carried it, and drops it from admitted_ (by nulling its slot there; callers erase).
+void Scheduler::ReleaseQuarantined(bool all) {
+  const absl::Time now = absl::Now();
+  std::erase_if(quarantined_, [&](Quarantined& q) {
+    if (!all && q.until > now) return false;
+    model_.Release(q.cache);
+    free_slots_.push_back(q.landing_slot);
+    return true;
+  });
+}
+
+// Ends `s`: frees its blocks and slot (or quarantines them: an unfenced transfer), sends the final
+// event unless a token event already carried it, and drops it from admitted_ (by nulling its slot
+// there; callers erase).
 void Scheduler::End(Sequence& s, Finish finish, absl::Status status) {
   const bool queued = s.phase == Phase::kQueued;
-  if (!queued) {
+  if (!queued && !s.fenced) {
+    spdlog::warn("request {}: its KV transfer could not be fenced; {} blocks held back for {}", s.request.id,
+                 s.cache.blocks.size(), absl::FormatDuration(options_.quarantine));
+    quarantined_.push_back({std::move(s.cache), s.landing_slot, absl::Now() + options_.quarantine});
+    s.cache = engine::SequenceCache();
+    s.landing_slot = -1;
+  } else if (!queued) {
     model_.Release(s.cache);
     if (s.landing_slot >= 0) free_slots_.push_back(s.landing_slot);
     s.landing_slot = -1;

@@ -27,6 +27,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
@@ -39,6 +41,9 @@ struct SchedulerOptions {
   int64_t chunk_tokens = 512;  // prompt tokens computed per step (colocated prefill)
   int32_t eos_id = -1;
   int64_t num_tokens = 0;      // tokenizer vocabulary (sampling never picks ids past it)
+  // How long the blocks and state slot of a request whose transfer could not be fenced (see
+  // Landed) stay out of use before they are reused anyway.
+  absl::Duration quarantine = absl::Minutes(5);
 };
 
 struct Request {
@@ -102,7 +107,11 @@ class Scheduler {
   void Cancel(const std::string& id);
   // The remote prefill of `id` finished (OK: its blocks and state landed) or failed.
   // `transfer_wait_ms`: what the prefill worker spent waiting for its pushes (PrefillReply).
-  void Landed(const std::string& id, absl::Status status, double transfer_wait_ms = 0);
+  // `fenced`: no put of that transfer can land any more (its grants were revoked where the
+  // transport enforces them, or the prefill worker said it has settled). When false, the
+  // request's blocks and state slot are quarantined for `quarantine` instead of being reused at
+  // once, since a cancelled, hung or dead sender may still have puts on their way.
+  void Landed(const std::string& id, absl::Status status, double transfer_wait_ms = 0, bool fenced = true);
 
   SchedulerStats stats() const;
   // State landing slots, for registering with a transport: max_batch slots of state_bytes.
@@ -124,6 +133,7 @@ class Scheduler {
     bool cancelled = false;
     absl::Status landed;      // set by Landed()
     bool has_landed = false;
+    bool fenced = true;       // likewise
     double transfer_wait_ms = 0;
   };
   struct Inbox {
@@ -133,6 +143,7 @@ class Scheduler {
       std::string id;
       absl::Status status;
       double transfer_wait_ms;
+      bool fenced;
     };
     std::vector<Landing> landed;
   };
@@ -145,6 +156,7 @@ class Scheduler {
   void RunStep();
   void End(Sequence& s, Finish finish, absl::Status status);
   int64_t BlocksNeeded(const Request& r) const;
+  void ReleaseQuarantined(bool all);
 
   engine::Model& model_;
   engine::KvPool& pool_;
@@ -161,6 +173,12 @@ class Scheduler {
   // Loop thread only.
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> admitted_;
+  struct Quarantined {
+    engine::SequenceCache cache;
+    int32_t landing_slot;
+    absl::Time until;
+  };
+  std::vector<Quarantined> quarantined_;
   int64_t steps_ = 0, generated_total_ = 0, handoffs_ = 0;
   double handoff_seconds_ = 0;
   std::thread thread_;

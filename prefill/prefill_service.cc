@@ -11,7 +11,8 @@ namespace {
 // Finishes once the job reports; a cancelled RPC cancels the job, whose report then finishes it.
 class PrefillReactor final : public grpc::ServerUnaryReactor {
  public:
-  PrefillReactor(PrefillWorker& worker, const v1::PrefillRequest& request, v1::PrefillReply* reply)
+  PrefillReactor(PrefillWorker& worker, grpc::CallbackServerContext* context, const v1::PrefillRequest& request,
+                 v1::PrefillReply* reply)
       : worker_(worker), id_(request.request_id()) {
     Job job;
     job.id = request.request_id();
@@ -23,7 +24,12 @@ class PrefillReactor final : public grpc::ServerUnaryReactor {
     job.target.block_bytes = t.block_bytes();
     job.target.blocks.assign(t.block_ids().begin(), t.block_ids().end());
     job.target.state = {t.state().address(), t.state().length(), t.state().key()};
-    job.done = [this, reply](absl::StatusOr<PrefillResult> result) {
+    job.done = [this, context, reply](absl::StatusOr<PrefillResult> result) {
+      // Every put of the job has settled (nothing more will land at the target) unless the worker
+      // says otherwise: the decode worker may then reuse the target at once.
+      if (result.ok() || !result.status().GetPayload(kUnsettledPayload).has_value()) {
+        context->AddTrailingMetadata("strata-prefill-settled", "1");
+      }
       if (!result.ok()) {
         Finish(proto::ToGrpc(result.status()));
         return;
@@ -35,7 +41,10 @@ class PrefillReactor final : public grpc::ServerUnaryReactor {
       Finish(grpc::Status::OK);
     };
     absl::Status s = worker_.Submit(std::move(job));
-    if (!s.ok()) Finish(proto::ToGrpc(s));
+    if (!s.ok()) {
+      context->AddTrailingMetadata("strata-prefill-settled", "1");  // nothing was put
+      Finish(proto::ToGrpc(s));
+    }
   }
   void OnCancel() override { worker_.Cancel(id_); }
   void OnDone() override { delete this; }
@@ -47,9 +56,9 @@ class PrefillReactor final : public grpc::ServerUnaryReactor {
 
 }  // namespace
 
-grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext*, const v1::PrefillRequest* request,
-                                                  v1::PrefillReply* reply) {
-  return new PrefillReactor(worker_, *request, reply);
+grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext* context,
+                                                  const v1::PrefillRequest* request, v1::PrefillReply* reply) {
+  return new PrefillReactor(worker_, context, *request, reply);
 }
 
 grpc::ServerUnaryReactor* PrefillService::Status(grpc::CallbackServerContext* context, const v1::WorkerStatusRequest*,

@@ -36,6 +36,10 @@ class Tracker : public std::enable_shared_from_this<Tracker> {
     absl::MutexLock lock(&mu_);
     if (first_error_.ok()) first_error_ = std::move(s);
   }
+  int64_t pending() {
+    absl::MutexLock lock(&mu_);
+    return pending_;
+  }
 
  private:
   void Done(absl::Status s) {
@@ -159,13 +163,18 @@ void PrefillWorker::Loop() {
       // free), so sleep only when there is nothing at all.
       if (running_.empty() && waiting_.empty()) {
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !inbox_.empty() || !cancels_.empty(); };
-        mu_.Await(absl::Condition(&ready));
+        if (draining_.empty()) {
+          mu_.Await(absl::Condition(&ready));
+        } else {
+          mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
+        }
       }
       std::swap(inbox, inbox_);
       std::swap(cancels, cancels_);
       stopping = stop_;
     }
     for (Job& j : inbox) waiting_.push_back(std::move(j));
+    ReapDrained();
     if (stopping) {
       for (auto& r : running_) Complete(*r, absl::UnavailableError("the prefill worker is shutting down"));
       for (Job& j : waiting_) j.done(absl::UnavailableError("the prefill worker is shutting down"));
@@ -231,6 +240,17 @@ void PrefillWorker::RunStep() {
   std::vector<engine::StepInput> inputs;
   std::vector<Running*> in_step;
   int64_t budget = options_.chunk_tokens;
+  for (auto& r : running_) {
+    if (r->endpoint == nullptr) {  // its endpoint was dropped after another job's pushes timed out
+      auto ep = EndpointFor(r->job.target.transport_address);
+      if (!ep.ok()) {
+        Complete(*r, Annotate(ep.status(), "reconnecting to the decode worker"));
+        continue;
+      }
+      r->endpoint = *ep;
+    }
+  }
+  std::erase_if(running_, [](const auto& r) { return r == nullptr; });
   for (auto& r : running_) {
     if (budget <= 0) break;
     const int64_t total = static_cast<int64_t>(r->job.tokens.size());
@@ -306,7 +326,13 @@ void PrefillWorker::RunStep() {
     r->wait_ms += std::chrono::duration<double, std::milli>(SteadyClock::now() - wait_begin).count();
     bytes += r->bytes;
     if (!landed.ok()) {
-      endpoints_.erase(r->job.target.transport_address);  // reconnect next time
+      // Reconnect next time. Every job's hold on this endpoint goes, so that its destruction
+      // completes (fails) whatever is still stuck in it and the local blocks can come back.
+      const std::string address = r->job.target.transport_address;
+      endpoints_.erase(address);
+      for (auto& other : running_) {
+        if (other != nullptr && other->job.target.transport_address == address) other->endpoint.reset();
+      }
       Complete(*r, Annotate(landed, "pushing KV to the decode worker"));
     } else if (r->cache.position == static_cast<int64_t>(r->job.tokens.size())) {
       PrefillResult result{.tokens = r->cache.position, .kv_bytes = r->bytes, .compute_ms = r->compute_ms,
@@ -323,10 +349,28 @@ void PrefillWorker::RunStep() {
   stats_.running = static_cast<int64_t>(running_.size());
 }
 
-// Ends `r` (its transfers have settled): returns its blocks and staging slot; reports `status`
+void PrefillWorker::ReapDrained() {
+  std::erase_if(draining_, [this](Draining& d) {
+    if (d.pending() > 0) return false;
+    model_.Release(d.cache);
+    if (d.staging_slot >= 0) free_staging_.push_back(d.staging_slot);
+    return true;
+  });
+}
+
+// Ends `r` (its transfers have settled, or it goes to draining_): returns its blocks and staging slot; reports `status`
 // unless the job already reported success. Nulls its entry in running_ (callers erase).
 void PrefillWorker::Complete(Running& r, absl::Status status) {
-  model_.Release(r.cache);
+  if (r.tracker->pending() > 0) {
+    // Puts of it may still read these blocks (and land at the target): keep the blocks until they
+    // settle, and tell the decode worker its target is not fenced.
+    draining_.push_back({std::move(r.cache), r.staging_slot, [t = r.tracker] { return t->pending(); }});
+    r.cache = engine::SequenceCache();
+    r.staging_slot = -1;
+    if (!status.ok()) status.SetPayload(kUnsettledPayload, absl::Cord("1"));
+  } else {
+    model_.Release(r.cache);
+  }
   if (r.staging_slot >= 0) free_staging_.push_back(r.staging_slot);
   r.staging_slot = -1;
   if (r.job.done) r.job.done(std::move(status));

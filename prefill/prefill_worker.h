@@ -46,6 +46,10 @@ struct PrefillResult {
   double transfer_wait_ms = 0;
 };
 
+// On a job's error status: the job ended with puts of it still in flight (its pushes timed out),
+// so its target may yet be written. A job without it ended after every put it issued settled.
+inline constexpr absl::string_view kUnsettledPayload = "strata.dev/prefill-unsettled";
+
 struct Job {
   std::string id;
   std::vector<int32_t> tokens;  // computed from position 0
@@ -91,6 +95,7 @@ class PrefillWorker {
   void Admit();
   void RunStep();
   void Complete(Running& r, absl::Status status);
+  void ReapDrained();
   absl::StatusOr<std::shared_ptr<transport::Endpoint>> EndpointFor(const std::string& address);
 
   engine::Model& model_;
@@ -111,6 +116,13 @@ class PrefillWorker {
   // Loop thread only.
   std::deque<Job> waiting_;
   std::vector<std::unique_ptr<Running>> running_;
+  // Local blocks of jobs that ended with puts still reading them: returned once those settle.
+  struct Draining {
+    engine::SequenceCache cache;
+    int32_t staging_slot;
+    std::function<int64_t()> pending;
+  };
+  std::vector<Draining> draining_;
   std::vector<int32_t> free_staging_;
   absl::flat_hash_map<std::string, std::shared_ptr<transport::Endpoint>> endpoints_;
   std::thread thread_;

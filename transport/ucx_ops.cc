@@ -3,6 +3,8 @@
 // is at the top of ucx_transport.cc).
 #include "transport/ucx_core.h"
 
+#include "common/logging.h"
+
 namespace strata::transport::internal_ucx {
 
 // ---- operations ---------------------------------------------------------------------------------
@@ -96,7 +98,7 @@ void UcxCore::DoPuts(uint64_t ep_id, absl::Span<const PutSpan> spans, const Remo
     // As kPutData messages of at most kPutChunk bytes; the flush is a kPutFlush the peer answers.
     if (absl::Status framed =
             internal::Unframe(FrameKind::kRemoteKey, remote.key, "remote region key").status();
-        !framed.ok()) {
+        !framed.ok() && !internal::Unframe(FrameKind::kGrantKey, remote.key, "grant key").ok()) {
       return done(Annotate(framed, "put"));
     }
     const uint64_t key_hash = RegionKeyHash(remote.key);
@@ -280,9 +282,14 @@ bool UcxCore::WriteRegion(uint64_t address, uint64_t key_hash, std::string_view 
       return true;
     }
   }
-  spdlog::warn("ucx: refused a put of {} bytes at {:#x}: not inside a region registered here with "
-               "that key",
-               bytes.size(), address);
+  // A revoked grant refuses every late put of a cancelled transfer: a few lines, then a count.
+  static LogRateLimiter limiter;
+  if (int64_t suppressed = 0; limiter.Allow(absl::Now(), &suppressed)) {
+    spdlog::warn("ucx: refused a put of {} bytes at {:#x}: not inside a region (or grant) registered here with "
+                 "that key{}",
+                 bytes.size(), address,
+                 suppressed > 0 ? absl::StrCat(" (", suppressed, " more refused, not logged)") : "");
+  }
   return false;
 }
 

@@ -4,6 +4,7 @@
 // reactor stopped finishing its call under its own lock, these crashed the process within a few
 // hundred calls ("Mutex unlocked when destroyed or not locked", or a use after free): gRPC ran
 // OnDone, which deletes the reactor, on another thread while the lock was still held.
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -36,7 +37,8 @@ class DecodeServiceTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_TRUE(micro_->ok());
     instance_ = std::make_unique<Instance>(micro_->weights(), 256);
-    transport_ = transport::MakeInProcTransport(transport::MakeInProcFabric());
+    fabric_ = transport::MakeInProcFabric();
+    transport_ = transport::MakeInProcTransport(fabric_);
     scheduler_ = std::make_unique<decode::Scheduler>(
         instance_->model, instance_->pool,
         decode::SchedulerOptions{.max_batch = 16, .max_queue = 4096, .chunk_tokens = 256, .eos_id = -1,
@@ -103,6 +105,7 @@ class DecodeServiceTest : public ::testing::Test {
 
   static MicroModel* micro_;
   std::unique_ptr<Instance> instance_;
+  std::shared_ptr<transport::InProcFabric> fabric_;
   std::unique_ptr<transport::Transport> transport_;
   std::unique_ptr<decode::Scheduler> scheduler_;
   std::unique_ptr<decode::DecodeService> service_;
@@ -202,6 +205,95 @@ TEST_F(DecodeServiceTest, AFailedPrefillIsNamedInTheTrailers) {
   ASSERT_NE(it, trailers.end());
   EXPECT_EQ(std::string(it->second.data(), it->second.size()), "127.0.0.1:1");
   EXPECT_EQ(trailers.count("strata-served-by"), 1u);
+}
+
+// A prefill worker that records the target it was given and holds the call until cancelled.
+class RecordingPrefill final : public v1::Prefill::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext*, const v1::PrefillRequest* request,
+                                    v1::PrefillReply*) override {
+    {
+      absl::MutexLock lock(&mu_);
+      target_ = request->target();
+      got_ = true;
+    }
+    class Held final : public grpc::ServerUnaryReactor {
+     public:
+      void OnCancel() override { Finish(grpc::Status::CANCELLED); }
+      void OnDone() override { delete this; }
+    };
+    return new Held;
+  }
+  bool WaitForCall(v1::KvTarget* target) {
+    absl::MutexLock lock(&mu_);
+    auto got = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return got_; };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&got), absl::Seconds(30))) return false;
+    *target = target_;
+    return true;
+  }
+
+ private:
+  absl::Mutex mu_;
+  v1::KvTarget target_ ABSL_GUARDED_BY(mu_);
+  bool got_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Issue #11's stale puts: a request is cancelled while its prefill worker still pushes; its blocks
+// go back to the pool at once — so the prefill worker's later puts into them must not land. The
+// decode worker lends each transfer only its own blocks and slot, and revokes the loan before the
+// blocks can be reused. (Before, the target named the whole registered pool: the late put landed.)
+TEST_F(DecodeServiceTest, PutsOfACancelledTransferNoLongerLand) {
+  RecordingPrefill recording;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  proto::ConfigureInternalServer(builder);
+  builder.RegisterService(&recording);
+  std::unique_ptr<grpc::Server> prefill = builder.BuildAndStart();
+  ASSERT_NE(prefill, nullptr);
+
+  v1::DecodeRequest req = MakeRequest("stale", 300, 4);
+  req.set_prefill_address(absl::StrCat("127.0.0.1:", port));
+  grpc::ClientContext ctx;
+  auto reader = stub_->Generate(&ctx, req);
+  v1::KvTarget target;
+  ASSERT_TRUE(recording.WaitForCall(&target));
+  ASSERT_GE(target.block_ids_size(), 3);
+
+  // The prefill worker's side: a transport of its own, a registered buffer to put from.
+  std::unique_ptr<transport::Transport> sender = transport::MakeInProcTransport(fabric_);
+  std::vector<uint8_t> bytes(static_cast<size_t>(target.block_bytes()), 0xAB);
+  auto registration = sender->Register(bytes.data(), bytes.size());
+  ASSERT_TRUE(registration.ok());
+  auto ep = sender->Connect(target.transport_address());
+  ASSERT_TRUE(ep.ok()) << ep.status();
+  const transport::RemoteRegion pool{target.pool().address(), target.pool().length(), target.pool().key()};
+  const uint64_t granted = static_cast<uint64_t>(target.block_ids(0)) * target.block_bytes();
+  // While the transfer is live, its own blocks take puts; a block it was not lent does not.
+  EXPECT_TRUE(transport::PutSync(**ep, bytes.data(), 64, pool, granted).ok());
+  uint64_t other = 0;
+  while (std::find(target.block_ids().begin(), target.block_ids().end(), static_cast<int32_t>(other)) !=
+         target.block_ids().end()) {
+    ++other;
+  }
+  EXPECT_FALSE(transport::PutSync(**ep, bytes.data(), 64, pool, other * target.block_bytes()).ok());
+
+  ctx.TryCancel();
+  v1::TokenEvent e;
+  while (reader->Read(&e)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  for (int i = 0; i < 500 && scheduler_->stats().running != 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_EQ(scheduler_->stats().running, 0);
+  ASSERT_EQ(instance_->pool.free_blocks(), 256) << "the blocks are free for the next request";
+
+  const uint8_t* block = instance_->pool.block(target.block_ids(1));
+  const std::vector<uint8_t> before(block, block + 64);
+  absl::Status late = transport::PutSync(**ep, bytes.data(), 64, pool,
+                                         static_cast<uint64_t>(target.block_ids(1)) * target.block_bytes());
+  EXPECT_FALSE(late.ok()) << "a late put of the cancelled transfer landed";
+  EXPECT_EQ(std::vector<uint8_t>(block, block + 64), before);
+  prefill->Shutdown();
 }
 
 }  // namespace

@@ -260,6 +260,33 @@ TEST_F(DisaggregationTest, CancelFreesBlocksOnBothSides) {
   ExpectAllFree();
 }
 
+// A transfer that could not be fenced (its prefill worker neither settled nor could be stopped by
+// the transport): its blocks and slot stay out of use for the quarantine, then come back.
+TEST_F(DisaggregationTest, UnfencedTransfersBlocksAreQuarantined) {
+  decode::SchedulerOptions options = Options();
+  options.quarantine = absl::Milliseconds(300);
+  remote_ = std::make_unique<decode::Scheduler>(decode_->model, decode_->pool, options);
+  decode::Request r = MakeRequest("q", 300, 3, 4);
+  r.remote_prefill_tokens = 299;
+  Collector c;
+  decode::Callbacks cb = c.Callbacks();
+  absl::Notification admitted;
+  cb.on_admitted = [&](const decode::Admission&) { admitted.Notify(); };
+  ASSERT_TRUE(remote_->Submit(r, cb).ok());
+  ASSERT_TRUE(admitted.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  const int64_t held = decode_->pool.num_blocks() - decode_->pool.free_blocks();
+  ASSERT_GT(held, 0);
+  remote_->Landed("q", absl::UnavailableError("prefill worker vanished"), 0, /*fenced=*/false);
+  ASSERT_TRUE(c.Wait());
+  EXPECT_EQ(c.status.code(), absl::StatusCode::kUnavailable);
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(decode_->pool.num_blocks() - decode_->pool.free_blocks(), held) << "reused before the quarantine ended";
+  for (int i = 0; i < 300 && decode_->pool.free_blocks() != decode_->pool.num_blocks(); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(decode_->pool.free_blocks(), decode_->pool.num_blocks());
+}
+
 TEST_F(DisaggregationTest, AdmissionWaitsForBlocksAndTheQueueIsBounded) {
   // 96 blocks: a request needing 60 blocks runs; the next one waits until it finishes.
   decode::Request big = MakeRequest("a", 10, 1, 60 * 128 - 10);

@@ -458,6 +458,46 @@ TEST_P(TransportTest, PeerGoneFailsOperations) {
   EXPECT_FALSE(state->status(0).ok() && state->status(1).ok());
 }
 
+// A grant takes puts into its ranges only, and none once revoked — where the receiver applies
+// puts itself (in-process, message puts); one-sided RMA cannot be stopped, and says so.
+TEST_P(TransportTest, GrantsTakePutsInTheirRangesOnlyAndNoneOnceRevoked) {
+  constexpr size_t kBlock = 4096;
+  std::unique_ptr<Buffer> remote = RegisterBuffer(*b_, 4 * kBlock);
+  std::unique_ptr<Buffer> local = RegisterBuffer(*a_, kBlock);
+  ASSERT_NE(remote, nullptr);
+  ASSERT_NE(local, nullptr);
+  const std::vector<ByteRange> ranges = {{kBlock, kBlock}, {3 * kBlock, kBlock}};
+  absl::StatusOr<std::unique_ptr<Grant>> grant = b_->GrantAccess(*remote->registration, ranges);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  const bool enforced = (*grant)->enforced();
+  EXPECT_EQ(enforced, !GetParam().ucx || GetParam().message_puts);
+  const RemoteRegion region = (*grant)->Describe();
+  EXPECT_EQ(region.address, remote->region.address);
+  EXPECT_NE(region.key, remote->region.key);
+  Fill(local->bytes.data(), kBlock, 9);
+  EXPECT_TRUE(PutSync(*ep_, local->bytes.data(), kBlock, region, kBlock).ok());
+  EXPECT_TRUE(PutSync(*ep_, local->bytes.data(), 100, region, 3 * kBlock + 50).ok());
+  EXPECT_EQ(FirstMismatch(remote->bytes.data() + kBlock, kBlock, 9), kBlock);
+  if (enforced) {
+    // Block 2 was not lent, nor a span crossing from block 1 into it.
+    EXPECT_FALSE(PutSync(*ep_, local->bytes.data(), 64, region, 2 * kBlock).ok());
+    EXPECT_FALSE(PutSync(*ep_, local->bytes.data(), 64, region, 2 * kBlock - 32).ok());
+    EXPECT_EQ(std::count(remote->bytes.begin() + 2 * kBlock, remote->bytes.begin() + 3 * kBlock, 0),
+              static_cast<int64_t>(kBlock));
+  }
+  grant->reset();  // revoked
+  if (enforced) {
+    Fill(local->bytes.data(), kBlock, 10);
+    EXPECT_FALSE(PutSync(*ep_, local->bytes.data(), kBlock, region, kBlock).ok());
+    EXPECT_EQ(FirstMismatch(remote->bytes.data() + kBlock, kBlock, 9), kBlock) << "a revoked grant took a put";
+  }
+  // The registration itself still takes puts; bad ranges are refused.
+  EXPECT_TRUE(PutSync(*ep_, local->bytes.data(), 64, remote->region, 0).ok());
+  EXPECT_FALSE(b_->GrantAccess(*remote->registration, {}).ok());
+  const ByteRange outside{3 * kBlock, 2 * kBlock};
+  EXPECT_FALSE(b_->GrantAccess(*remote->registration, absl::MakeConstSpan(&outside, 1)).ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(All, TransportTest,
                          ::testing::Values(Kind{.label = "inproc"},
                                            Kind{.label = "ucx_default", .ucx = true,
