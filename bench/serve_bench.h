@@ -42,6 +42,14 @@ struct ServeBenchOptions {
   double timeout_s = 300;       // per request, connect to [DONE]
   int io_threads = 1;           // client threads, each with its own connections
   std::string label;  // figure name prefix; empty: serve_<endpoint>_in<P>_out<O>_c<N> (or _r<R>)
+  // Interference: > 0 sends one request with a prompt of this many tokens first (it stays in
+  // prefill while the measured requests run; it is cut off after them), waiting
+  // `background_lead_s` before the measured requests start. The label gains _bg<N>.
+  int64_t background_prompt_tokens = 0;
+  double background_lead_s = 5;
+  // > 0: the TTFT figures are held to this limit (milliseconds), e.g. issue #11's "a 100-token
+  // request's TTFT ≤ 1 s while a 64K-token prompt is prefilled".
+  double ttft_limit_ms = 0;
 };
 
 // One measured request. Times are seconds; `scheduled_s` and `start_s` count from the start of

@@ -43,6 +43,12 @@ void AddBenchServeCommand(CLI::App* bench, int* exit_code) {
   serve->add_option("--timeout", o->timeout_s, "per request, seconds")->capture_default_str();
   serve->add_option("--io-threads", o->io_threads, "client threads")->capture_default_str();
   serve->add_option("--label", o->label, "figure name prefix in bench/results/serve.tsv");
+  serve->add_option("--background-prompt-tokens", o->background_prompt_tokens,
+                    "first send one request with a prompt this long, kept in prefill while the "
+                    "measured requests run (interference)");
+  serve->add_option("--background-lead", o->background_lead_s,
+                    "seconds between the background request and the measured ones")->capture_default_str();
+  serve->add_option("--ttft-limit-ms", o->ttft_limit_ms, "hold the TTFT figures to this limit (ms)");
   auto handoff = std::make_shared<std::vector<std::string>>();
   serve->add_option("--handoff-metrics", *handoff,
                     "decode workers' http://host:port (their /metrics): also report the KV hand-off "

@@ -73,13 +73,14 @@ class Parser {
         ReadSeconds("router.request_timeout_s", &c.router.request_timeout_s, 1, 7 * 86400));
 
     STRATA_RETURN_IF_ERROR(CheckKeys(
-        "prefill", {"count", "host", "base_port", "threads", "chunk_tokens", "kv_blocks"}));
+        "prefill", {"count", "host", "base_port", "threads", "chunk_tokens", "step_target_ms", "kv_blocks"}));
     STRATA_RETURN_IF_ERROR(ReadInt("prefill.count", &c.prefill.count, 1, kMaxWorkers));
     STRATA_RETURN_IF_ERROR(ReadHost("prefill.host", &c.prefill.host));
     STRATA_RETURN_IF_ERROR(
         ReadInt("prefill.base_port", &c.prefill.base_port, 1, 65535 - 2 * c.prefill.count + 1));
     STRATA_RETURN_IF_ERROR(ReadInt("prefill.threads", &c.prefill.threads, 1, 4096));
     STRATA_RETURN_IF_ERROR(ReadInt("prefill.chunk_tokens", &c.prefill.chunk_tokens, 1, 1 << 24));
+    STRATA_RETURN_IF_ERROR(ReadSeconds("prefill.step_target_ms", &c.prefill.step_target_ms, 0, 600000));
     STRATA_RETURN_IF_ERROR(ReadInt("prefill.kv_blocks", &c.prefill.kv_blocks, 1, 1 << 30));
 
     STRATA_RETURN_IF_ERROR(CheckKeys("decode", {"count", "host", "base_port", "threads",

@@ -41,6 +41,7 @@ struct PrefillSettings {
   int base_port = 8100;  // worker i: gRPC on base_port + 2i, HTTP on base_port + 2i + 1
   int threads = 1;
   int chunk_tokens = 512;
+  double step_target_ms = 250;  // a step's time budget (0: chunk_tokens alone)
   int kv_blocks = 1024;
 };
 

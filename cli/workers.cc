@@ -171,7 +171,8 @@ absl::Status RunPrefill(const WorkerFlags& f) {
   WorkerBase w;
   STRATA_RETURN_IF_ERROR(Prepare(f, "prefill", w));
   STRATA_ASSIGN_OR_RETURN(auto worker, prefill::PrefillWorker::Create(*w.model, *w.pool, *w.transport,
-                                                                       {.chunk_tokens = w.config.prefill.chunk_tokens}));
+                                                                       {.chunk_tokens = w.config.prefill.chunk_tokens,
+                                                                        .step_target_ms = w.config.prefill.step_target_ms}));
   prefill::PrefillService service(*worker);
   STRATA_ASSIGN_OR_RETURN(auto grpc, StartGrpcServer(w.me.grpc_address(), {&service}));
   StatsMetrics stats(*w.metrics, "prefill");

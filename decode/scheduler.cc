@@ -266,15 +266,30 @@ void Scheduler::RunStep() {
   std::vector<Sequence*> in_step;
   std::vector<int32_t> one_tokens;  // decode tokens, stable storage for the spans
   one_tokens.reserve(admitted_.size());
+  // Prompts still to compute share the step's budget, the shortest remainder first (a short
+  // prompt is never stuck behind a long one); every prompt gets at least one token, so a long one
+  // never starves behind the others either.
+  std::vector<Sequence*> prompts;
+  for (auto& s : admitted_) {
+    if (s->phase == Phase::kRunning && s->cache.position < static_cast<int64_t>(s->request.prompt.size())) {
+      prompts.push_back(s.get());
+    }
+  }
+  auto remaining = [](const Sequence* s) { return static_cast<int64_t>(s->request.prompt.size()) - s->cache.position; };
+  std::stable_sort(prompts.begin(), prompts.end(),
+                   [&](const Sequence* a, const Sequence* b) { return remaining(a) < remaining(b); });
+  absl::flat_hash_map<const Sequence*, int64_t> chunk;
   int64_t budget = options_.chunk_tokens;
+  for (const Sequence* s : prompts) {
+    const int64_t n = std::min(remaining(s), std::max<int64_t>(budget, 1));
+    budget -= n;
+    chunk[s] = n;
+  }
   for (auto& s : admitted_) {
     if (s->phase != Phase::kRunning) continue;
     const int64_t prompt = static_cast<int64_t>(s->request.prompt.size());
     if (s->cache.position < prompt) {
-      // Prompt still to compute: a chunk within this step's budget (at least one token, so a
-      // long prompt never starves behind decode traffic).
-      const int64_t n = std::min(prompt - s->cache.position, std::max<int64_t>(budget, 1));
-      budget -= n;
+      const int64_t n = chunk[s.get()];
       inputs.push_back({&s->cache, absl::MakeConstSpan(s->request.prompt).subspan(static_cast<size_t>(s->cache.position), static_cast<size_t>(n)),
                         s->cache.position + n == prompt});
     } else {

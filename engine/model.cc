@@ -240,7 +240,10 @@ absl::Status Model::Step(absl::Span<const StepInput> inputs, std::vector<float>*
     }
     const int64_t blocks = pool_.layout().BlocksFor(end);
     blocks_needed += std::max<int64_t>(0, blocks - static_cast<int64_t>(in.cache->blocks.size()));
-    table_entries += blocks;
+    // The whole block list goes into the table, also blocks reserved past this step (a prefill
+    // worker takes a prompt's blocks up front): counting only those the step reaches overran
+    // the table into the next sequence's.
+    table_entries += std::max(blocks, static_cast<int64_t>(in.cache->blocks.size()));
     seqs.push_back(StepSequence{in.cache->position, count, static_cast<int64_t>(positions.size()),
                                 in.cache->state_data(), nullptr});
     for (int64_t i = 0; i < count; ++i) {

@@ -64,6 +64,7 @@ struct PrefillWorker::Running {
   // Shared with the completions of its transfers, which may outlive a job that timed out.
   std::shared_ptr<Tracker> tracker = std::make_shared<Tracker>();
   bool cancelled = false;
+  bool passed_over = false;                 // had tokens left but none in the last step
   int64_t step_start = 0, step_tokens = 0;  // this step's slice of the prompt
   double compute_ms = 0;
   double wait_ms = 0;
@@ -184,10 +185,11 @@ void PrefillWorker::Loop() {
       for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
         if (it->id == id) {
           it->done(absl::CancelledError("the request was cancelled"));
-          waiting_.erase(it);
           absl::MutexLock lock(&mu_);
           --queued_;
           stats_.queued = queued_;
+          stats_.queued_tokens -= static_cast<int64_t>(it->tokens.size());
+          waiting_.erase(it);
           break;
         }
       }
@@ -220,8 +222,7 @@ void PrefillWorker::Admit() {
     {
       absl::MutexLock lock(&mu_);
       --queued_;
-      stats_.queued = queued_;
-      stats_.queued_tokens -= static_cast<int64_t>(r->job.tokens.size());
+      stats_.queued = queued_;  // its tokens stay in queued_tokens until computed
       stats_.running = static_cast<int64_t>(running_.size()) + 1;
     }
     auto ep = EndpointFor(r->job.target.transport_address);
@@ -239,7 +240,6 @@ void PrefillWorker::RunStep() {
   const engine::KvLayout& layout = pool_.layout();
   std::vector<engine::StepInput> inputs;
   std::vector<Running*> in_step;
-  int64_t budget = options_.chunk_tokens;
   for (auto& r : running_) {
     if (r->endpoint == nullptr) {  // its endpoint was dropped after another job's pushes timed out
       auto ep = EndpointFor(r->job.target.transport_address);
@@ -251,13 +251,10 @@ void PrefillWorker::RunStep() {
     }
   }
   std::erase_if(running_, [](const auto& r) { return r == nullptr; });
+  PlanStep();
   for (auto& r : running_) {
-    if (budget <= 0) break;
-    const int64_t total = static_cast<int64_t>(r->job.tokens.size());
-    const int64_t n = std::min(total - r->cache.position, budget);
-    budget -= n;
-    r->step_start = r->cache.position;
-    r->step_tokens = n;
+    if (r->step_tokens == 0) continue;
+    const int64_t n = r->step_tokens;
     inputs.push_back({&r->cache, absl::MakeConstSpan(r->job.tokens).subspan(static_cast<size_t>(r->cache.position), static_cast<size_t>(n)), false});
     in_step.push_back(r.get());
   }
@@ -298,6 +295,15 @@ void PrefillWorker::RunStep() {
   absl::Status status = model_.Step(inputs, nullptr, observer);
   const auto step_end = SteadyClock::now();
   const double step_ms = std::chrono::duration<double, std::milli>(step_end - step_begin).count();
+  if (status.ok()) {
+    double tokens = 0, token_positions = 0;
+    for (Running* r : in_step) {
+      const double n = static_cast<double>(r->step_tokens);
+      tokens += n;
+      token_positions += n * (static_cast<double>(r->step_start) + n / 2);
+    }
+    cost_.Observe(tokens, token_positions, step_ms);
+  }
   int64_t computed = 0;
   for (Running* r : in_step) {
     if (!status.ok()) {
@@ -345,6 +351,7 @@ void PrefillWorker::RunStep() {
   std::erase_if(running_, [](const auto& r) { return r == nullptr; });
   absl::MutexLock lock(&mu_);
   stats_.tokens_computed += computed;
+  stats_.queued_tokens -= computed;
   stats_.kv_bytes_sent += bytes;
   stats_.running = static_cast<int64_t>(running_.size());
 }
@@ -360,7 +367,46 @@ void PrefillWorker::ReapDrained() {
 
 // Ends `r` (its transfers have settled, or it goes to draining_): returns its blocks and staging slot; reports `status`
 // unless the job already reported success. Nulls its entry in running_ (callers erase).
+void PrefillWorker::PlanStep() {
+  std::vector<Running*> order;
+  for (auto& r : running_) {
+    r->step_tokens = 0;
+    if (r->cache.position < static_cast<int64_t>(r->job.tokens.size())) order.push_back(r.get());
+  }
+  auto remaining = [](const Running* r) { return static_cast<int64_t>(r->job.tokens.size()) - r->cache.position; };
+  std::stable_sort(order.begin(), order.end(), [&](const Running* x, const Running* y) {
+    if (x->passed_over != y->passed_over) return x->passed_over;
+    return remaining(x) < remaining(y);
+  });
+  int64_t tokens_left = options_.chunk_tokens;
+  double ms_left = options_.step_target_ms > 0 ? options_.step_target_ms : 1e300;
+  constexpr int64_t kMinChunk = 16;  // below this a step's fixed costs dominate
+  for (Running* r : order) {
+    const int64_t want = std::min(remaining(r), tokens_left);
+    int64_t n = cost_.TokensWithin(ms_left, r->cache.position, want);
+    if (n < std::min(want, kMinChunk)) {
+      // Over the time budget: the first job still makes progress; the rest wait a step.
+      n = r == order.front() ? std::min(want, kMinChunk) : 0;
+    }
+    r->passed_over = n == 0 && want > 0;
+    if (n == 0) continue;
+    r->step_start = r->cache.position;
+    r->step_tokens = n;
+    tokens_left -= n;
+    ms_left -= cost_.Cost(n, r->cache.position);
+    if (tokens_left <= 0) break;
+  }
+  for (Running* r : order) {
+    if (r->step_tokens == 0 && tokens_left <= 0) r->passed_over = true;
+  }
+}
+
 void PrefillWorker::Complete(Running& r, absl::Status status) {
+  {
+    // Whatever of its prompt was not computed leaves the queue with it.
+    absl::MutexLock lock(&mu_);
+    stats_.queued_tokens -= static_cast<int64_t>(r.job.tokens.size()) - r.cache.position;
+  }
   if (r.tracker->pending() > 0) {
     // Puts of it may still read these blocks (and land at the target): keep the blocks until they
     // settle, and tell the decode worker its target is not fenced.

@@ -1,4 +1,5 @@
-// The prefill worker's loop: it batches prompt chunks of several requests into each Model::Step,
+// The prefill worker's loop: it batches prompt chunks of several requests into each Model::Step
+// (short prompts first, every step cut to a time budget so none waits behind a long prompt),
 // builds the compressed KV in its own pool, and pushes every layer's finished pages into the
 // decode worker's registered blocks as soon as that layer is done — while the later layers of the
 // same step still compute. After each step the touched blocks' sealed headers follow; after the
@@ -23,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
+#include "prefill/step_cost.h"
 #include "transport/transport.h"
 
 namespace strata::prefill {
@@ -61,6 +63,10 @@ struct PrefillOptions {
   int64_t chunk_tokens = 512;  // tokens per step over all jobs
   int64_t max_running = 8;     // jobs holding local blocks at once
   int64_t max_queue = 256;     // jobs waiting; more are refused
+  // Each step is cut to about this long (StepCostModel): a job deep in a long prompt gets fewer
+  // tokens per step, so the others sharing the worker — and a cancellation — wait at most about
+  // one such step. 0: chunk_tokens alone bounds a step.
+  double step_target_ms = 250;
 };
 
 struct PrefillStats {
@@ -95,6 +101,9 @@ class PrefillWorker {
   void Admit();
   void RunStep();
   void Complete(Running& r, absl::Status status);
+  // This step's chunk of each running job: shortest remaining first (a job passed over last step
+  // before all), within chunk_tokens and the step's time budget.
+  void PlanStep();
   void ReapDrained();
   absl::StatusOr<std::shared_ptr<transport::Endpoint>> EndpointFor(const std::string& address);
 
@@ -116,6 +125,7 @@ class PrefillWorker {
   // Loop thread only.
   std::deque<Job> waiting_;
   std::vector<std::unique_ptr<Running>> running_;
+  StepCostModel cost_;
   // Local blocks of jobs that ended with puts still reading them: returned once those settle.
   struct Draining {
     engine::SequenceCache cache;

@@ -106,6 +106,7 @@ absl::Status ClusterUpstream::Refresh() {
                         [&](const auto& r) { return r.id == kv.first; });
   });
   sent_since_refresh_.clear();
+  tokens_since_refresh_.clear();
   const absl::Time now = clock_.Now();
   absl::erase_if(suspects_, [&](const auto& kv) { return kv.second <= now; });
   return absl::OkStatus();
@@ -138,7 +139,7 @@ absl::StatusOr<ClusterUpstream::Route> ClusterUpstream::Choose(int64_t prompt_to
   };
   std::vector<Candidate> p, d;
   for (const auto& r : snapshot_.prefill) {
-    if (usable(r)) p.push_back({&r, sent_since_refresh_[r.id]});
+    if (usable(r)) p.push_back({&r, sent_since_refresh_[r.id], tokens_since_refresh_[r.id]});
   }
   for (const auto& r : snapshot_.decode) {
     if (usable(r) && std::find(avoid.begin(), avoid.end(), r.id) == avoid.end()) {
@@ -153,6 +154,7 @@ absl::StatusOr<ClusterUpstream::Route> ClusterUpstream::Choose(int64_t prompt_to
   if (choice.prefill >= 0) {
     route.prefill = *p[static_cast<size_t>(choice.prefill)].record;
     ++sent_since_refresh_[route.prefill->id];
+    tokens_since_refresh_[route.prefill->id] += prompt_tokens;
   }
   return route;
 }

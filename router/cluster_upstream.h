@@ -111,6 +111,7 @@ class ClusterUpstream final : public Upstream {
   mutable absl::Mutex mu_;
   ClusterSnapshot snapshot_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, int64_t> sent_since_refresh_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, int64_t> tokens_since_refresh_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, absl::Time> suspects_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::shared_ptr<strata::v1::Decode::Stub>> stubs_
       ABSL_GUARDED_BY(mu_);

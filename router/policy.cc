@@ -31,7 +31,7 @@ class LeastLoad final : public Policy {
  public:
   std::string name() const override { return "least_load"; }
   absl::StatusOr<Choice> Choose(const std::vector<Candidate>& prefill,
-                                const std::vector<Candidate>& decode, int64_t prompt_tokens,
+                                const std::vector<Candidate>& decode, int64_t /*prompt_tokens*/,
                                 int64_t blocks_needed) override {
     if (decode.empty()) return NoDecode();
     Choice c;
@@ -48,7 +48,7 @@ class LeastLoad final : public Policy {
       }
     }
     auto prefill_key = [&](const Candidate& p) {
-      return std::make_tuple(p.record->load.queued_tokens + p.inflight * prompt_tokens,
+      return std::make_tuple(p.record->load.queued_tokens + p.inflight_tokens,
                              p.record->load.running_requests + p.inflight, p.record->id);
     };
     for (int i = 0; i < static_cast<int>(prefill.size()); ++i) {

@@ -1,7 +1,8 @@
 // router::Policy — picks the (prefill, decode) pair for a request from the live services
 // (DESIGN.md §4). Chosen by name in the cluster config:
 //   round_robin  each role in turn
-//   least_load   prefill with the fewest queued prompt tokens; decode with the most free KV blocks
+//   least_load   prefill with the fewest prompt tokens still to compute (reported, plus those
+//                sent since); decode with the most free KV blocks
 //                per request it would then run (ties: fewer running requests, then id)
 // The router adds the requests it has sent since the last registry refresh to the reported load,
 // so a burst does not all land on the one worker that looked idle.
@@ -21,7 +22,8 @@ namespace strata::router {
 
 struct Candidate {
   const registry::ServiceRecord* record = nullptr;
-  int64_t inflight = 0;  // requests this router sent it since its last load report
+  int64_t inflight = 0;         // requests this router sent it since its last load report
+  int64_t inflight_tokens = 0;  // and their prompt tokens
 };
 
 struct Choice {

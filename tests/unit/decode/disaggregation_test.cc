@@ -195,6 +195,28 @@ TEST_F(DisaggregationTest, MoreRequestsThanSlotsAllComplete) {
   ExpectAllFree();
 }
 
+// Issue #11: one long prompt must not stall everyone. A short prompt that arrives while a long one
+// is being prefilled is computed in the next step, beside the long one's chunk, not after it.
+TEST_F(DisaggregationTest, AShortPromptIsNotStuckBehindALongOne) {
+  StartPrefill(*prefill_transport_, 256);
+  decode::Request long_r = MakeRequest("long", 4000, 11, 1);
+  long_r.remote_prefill_tokens = 3999;
+  Collector long_c;
+  ASSERT_TRUE(remote_->Submit(long_r, Remote(long_c, long_r)).ok());
+  while (worker_->stats().tokens_computed == 0) absl::SleepFor(absl::Milliseconds(5));
+  decode::Request short_r = MakeRequest("short", 20, 12, 1);
+  short_r.remote_prefill_tokens = 19;
+  Collector short_c;
+  ASSERT_TRUE(remote_->Submit(short_r, Remote(short_c, short_r)).ok());
+  ASSERT_TRUE(short_c.Wait());
+  EXPECT_TRUE(short_c.status.ok()) << short_c.status;
+  EXPECT_FALSE(long_c.done.HasBeenNotified()) << "the short prompt waited for the long one";
+  EXPECT_LT(worker_->stats().tokens_computed, 3999 + 19);
+  ASSERT_TRUE(long_c.Wait());
+  EXPECT_TRUE(long_c.status.ok()) << long_c.status;
+  ExpectAllFree();
+}
+
 TEST_F(DisaggregationTest, TransferFailureEndsTheRequestAndFreesBlocks) {
   auto faulty = transport::MakeFaultyTransport(transport::MakeInProcTransport(fabric_), {.fail_after = 3});
   StartPrefill(*faulty, 64);

@@ -301,5 +301,22 @@ TEST_F(ClusterUpstreamTest, ACancelledCallEndsCancelledAndIsNotRetried) {
   EXPECT_TRUE(other.requests().empty());
 }
 
+// least_load sends prompts to the prefill worker with the fewest prompt tokens still to compute:
+// the reported backlog plus what this router sent it since.
+TEST(LeastLoadTest, PrefillByTokensStillToCompute) {
+  auto policy = *MakePolicy("least_load");
+  registry::ServiceRecord busy{.id = "p-busy", .load = {.queued_tokens = 60000}};
+  registry::ServiceRecord idle{.id = "p-idle", .load = {.queued_tokens = 100}};
+  registry::ServiceRecord d{.id = "d", .load = {.free_kv_blocks = 100}};
+  std::vector<Candidate> decode = {{&d}};
+  auto c = policy->Choose({{&busy}, {&idle}}, decode, 100, 1);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->prefill, 1);
+  // The idle one was just sent a 64K-token prompt: the busy one is now the shorter queue.
+  c = policy->Choose({{&busy, 0, 0}, {&idle, 1, 65536}}, decode, 100, 1);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->prefill, 0);
+}
+
 }  // namespace
 }  // namespace strata::router
