@@ -3,6 +3,8 @@
 #   make test   install missing packages, fetch the tokenizer, build, run the whole test suite
 #               (and a few seconds of each fuzzer, built with clang in build-fuzz/)
 #   make fuzz   the fuzzers for FUZZ_SECONDS each, growing tests/fuzz/generated/
+#   make test-asan / test-tsan   the whole ctest suite under ASan+UBSan / TSan, each in its own
+#               build folder (build-asan/, build-tsan/; CUDA off)
 # A second run installs nothing and rebuilds only what changed.
 
 BUILD_DIR ?= build
@@ -14,7 +16,7 @@ FUZZ_DIR ?= build-fuzz
 FUZZ_SECONDS ?= 600
 FUZZERS ?= $(patsubst tests/fuzz/%_fuzzer.cc,%,$(wildcard tests/fuzz/*_fuzzer.cc))
 
-.PHONY: all deps tokenizer configure build test demo bench clean fuzz-build fuzz
+.PHONY: all deps tokenizer configure build test demo bench clean fuzz-build fuzz test-asan test-tsan
 
 all: build
 
@@ -59,6 +61,50 @@ fuzz: fuzz-build
 	    $(FUZZ_SECONDS) tests/fuzz/generated/$$f || exit 1; \
 	done
 
+# ---- sanitizers: the whole ctest suite (unit, integration, e2e; not the benchmarks of `make bench`)
+# in a build of its own, CUDA off. Every process the tests start inherits the options below and
+# writes any report to <dir>/sanitizer-logs/ (named after the executable and pid), so a finding in
+# a child a test does not watch (a cluster worker `strata up` restarts, a leak at a server's exit)
+# still fails the run; tests/sanitizers/check-logs.sh prints them.
+ASAN_DIR ?= build-asan
+TSAN_DIR ?= build-tsan
+SAN_SUPP = $(CURDIR)/tests/sanitizers
+ASAN_SANITIZE = address,undefined
+SAN_COMMON = halt_on_error=1:log_exe_name=1
+ASAN_ENV = ASAN_OPTIONS=$(SAN_COMMON):log_path=$(CURDIR)/$(ASAN_DIR)/sanitizer-logs/asan:detect_leaks=1:check_initialization_order=1:strict_init_order=1:detect_stack_use_after_return=1:strict_string_checks=1 \
+  UBSAN_OPTIONS=$(SAN_COMMON):log_path=$(CURDIR)/$(ASAN_DIR)/sanitizer-logs/ubsan:print_stacktrace=1 \
+  LSAN_OPTIONS=suppressions=$(SAN_SUPP)/lsan.supp:print_suppressions=0
+TSAN_ENV = TSAN_OPTIONS=$(SAN_COMMON):log_path=$(CURDIR)/$(TSAN_DIR)/sanitizer-logs/tsan:second_deadlock_stack=1:suppressions=$(SAN_SUPP)/tsan.supp:print_suppressions=0
+# Passed to ctest, e.g. SAN_CTEST_ARGS="-R decode_test" for one binary.
+SAN_CTEST_ARGS ?=
+
+# $(call san-configure-build,DIR,SANITIZE): configured like `configure`, then built.
+define san-configure-build
+	@tokdir=$$(deploy/tokenizer/fetch.sh | tail -n 1); \
+	if [ ! -f $(1)/build.ninja ] || \
+	   ! grep -qxF "STRATA_TOKENIZER_DIR:PATH=$$tokdir" $(1)/CMakeCache.txt; then \
+	  cmake -S . -B $(1) -G Ninja -DSTRATA_SANITIZE=$(2) -DSTRATA_WITH_CUDA=OFF \
+	    -DSTRATA_TOKENIZER_DIR="$$tokdir" $(CMAKE_ARGS); \
+	fi
+	@cmake --build $(1) -j $(JOBS)
+endef
+
+# $(call san-run,DIR,ENV): the suite with the sanitizer's options; fails on a failed test or on
+# any report left in DIR/sanitizer-logs/.
+define san-run
+	@rm -rf $(1)/sanitizer-logs && mkdir -p $(1)/sanitizer-logs
+	@rc=0; $(2) ctest --test-dir $(1) --output-on-failure -j $(JOBS) $(SAN_CTEST_ARGS) || rc=1; \
+	tests/sanitizers/check-logs.sh $(1)/sanitizer-logs || rc=1; exit $$rc
+endef
+
+test-asan: tokenizer
+	$(call san-configure-build,$(ASAN_DIR),$(ASAN_SANITIZE))
+	$(call san-run,$(ASAN_DIR),$(ASAN_ENV))
+
+test-tsan: tokenizer
+	$(call san-configure-build,$(TSAN_DIR),thread)
+	$(call san-run,$(TSAN_DIR),$(TSAN_ENV))
+
 demo: build
 	@deploy/demo.sh $(STRATA) $(DEMO_MODEL)
 
@@ -69,4 +115,4 @@ bench: build
 	@$(STRATA) bench engine
 
 clean:
-	rm -rf $(BUILD_DIR) $(FUZZ_DIR)
+	rm -rf $(BUILD_DIR) $(FUZZ_DIR) $(ASAN_DIR) $(TSAN_DIR)

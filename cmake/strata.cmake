@@ -5,14 +5,15 @@ if(STRATA_WERROR)
   list(APPEND STRATA_WARNINGS -Werror)
 endif()
 
-if(STRATA_SANITIZE STREQUAL "address")
+if(STRATA_SANITIZE STREQUAL "address" OR STRATA_SANITIZE STREQUAL "address,undefined")
   add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
   add_link_options(-fsanitize=address,undefined)
 elseif(STRATA_SANITIZE STREQUAL "thread")
   add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
   add_link_options(-fsanitize=thread)
 elseif(NOT STRATA_SANITIZE STREQUAL "")
-  message(FATAL_ERROR "STRATA_SANITIZE must be '', 'address' or 'thread', not '${STRATA_SANITIZE}'")
+  message(FATAL_ERROR "STRATA_SANITIZE must be '', 'address' (or 'address,undefined': both mean "
+                      "ASan+UBSan) or 'thread', not '${STRATA_SANITIZE}'")
 endif()
 
 # strata_add_library(NAME SOURCES ... DEPS ...): the component's library, `strata_<NAME>`,
