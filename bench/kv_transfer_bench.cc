@@ -30,7 +30,7 @@
 #include "absl/time/clock.h"
 #include "bench/report.h"
 #include "common/status.h"
-#include "engine/kv_layout.h"
+#include "engine/kv/kv_layout.h"
 #include "engine/model_config.h"
 #include "transport/transport.h"
 

@@ -13,7 +13,7 @@
 #include "engine/backend.h"
 #include "engine/checkpoint.h"
 #include "engine/experts.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 #include "engine/model.h"
 #include "engine/model_weights.h"
 #include "engine/runtime.h"

@@ -3,7 +3,7 @@
 
 #include "cli/commands.h"
 #include "common/progress.h"
-#include "engine/kv_layout.h"
+#include "engine/kv/kv_layout.h"
 #include "engine/model_config.h"
 
 namespace strata::cli {

@@ -9,7 +9,7 @@
 #include "common/status.h"
 #include "decode/decode_service.h"
 #include "decode/scheduler.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 #include "engine/model.h"
 #include "engine/runtime.h"
 #include "engine/tokenizer.h"

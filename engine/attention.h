@@ -9,7 +9,7 @@
 #include <cstdint>
 
 #include "engine/backend.h"
-#include "engine/kv_layout.h"
+#include "engine/kv/kv_layout.h"
 #include "engine/model_weights.h"
 
 namespace strata::engine {

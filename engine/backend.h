@@ -107,13 +107,13 @@ struct StepBatch {
   int64_t num_seqs() const { return static_cast<int64_t>(host_seqs.size()); }
 };
 
-// The KV pool's blocks: block `id` starts at base + id·block_bytes (engine/kv_cache.h).
+// The KV pool's blocks: block `id` starts at base + id·block_bytes (engine/kv/kv_cache.h).
 struct KvPoolView {
   uint8_t* base = nullptr;
   int64_t block_bytes = 0;
 };
 
-// The stored entry formats (engine/kv_codec.h, DESIGN.md §5):
+// The stored entry formats (engine/kv/kv_codec.h, DESIGN.md §5):
 //   main entry    [nope × E4M3][nope/64 × UE8M0][rope × BF16][zero pad to main_bytes]
 //   indexer entry [dim/2 × packed E2M1][dim/32 × UE8M0][zero pad to index_bytes]
 // Encoding a main vector: per block of 64 non-RoPE values, e = ceil(log2(max(amax, 1e-4)/448)),
@@ -219,7 +219,7 @@ class Backend {
   // Whether backend memory is host memory (the CPU backend): then host code may also read and
   // write it directly — the KV pool a transport registers, state slots in host vectors.
   virtual bool host_memory() const { return false; }
-  // Seals KV records in backend memory (engine/kv_cache.h's SealKvRecord: header and checksum).
+  // Seals KV records in backend memory (engine/kv/kv_cache.h's SealKvRecord: header and checksum).
   virtual void SealRecords(absl::Span<const KvRecordSeal> seals) = 0;
 
   // ---- Dense ops ------------------------------------------------------------------------------

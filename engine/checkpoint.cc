@@ -13,6 +13,7 @@
 #include "common/progress.h"
 #include "common/status.h"
 #include "common/thread_pool.h"
+#include "xxhash.h"
 
 namespace strata::engine {
 namespace {
@@ -285,7 +286,30 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Load(const std::string& 
     });
     STRATA_RETURN_IF_ERROR(first_error);
   }
+  ckpt->identity_ = ckpt->ComputeIdentity();
   return ckpt;
+}
+
+uint64_t Checkpoint::ComputeIdentity() const {
+  // Every tensor's name, dtype and shape, and its first and last 4 KiB: two checkpoints that
+  // differ anywhere but deep inside some tensor differ here (random weights of another seed, a
+  // fine-tune, another quantization), at the cost of reading a few pages per tensor.
+  constexpr uint64_t kSample = 4096;
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  for (const TensorSpec& spec : specs_) {
+    const TensorView view = store_->Find(spec.name);
+    XXH3_64bits_update(state, spec.name.data(), spec.name.size() + 1);
+    const uint64_t dtype = static_cast<uint64_t>(view.info->dtype);
+    XXH3_64bits_update(state, &dtype, sizeof(dtype));
+    XXH3_64bits_update(state, view.info->shape.data(), view.info->shape.size() * sizeof(int64_t));
+    const uint64_t n = view.info->nbytes;
+    XXH3_64bits_update(state, view.data, std::min(n, kSample));
+    if (n > kSample) XXH3_64bits_update(state, view.data + n - std::min(n - kSample, kSample), std::min(n - kSample, kSample));
+  }
+  const uint64_t id = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  return id;
 }
 
 TensorView Checkpoint::Get(const std::string& name) const {

@@ -66,14 +66,19 @@ class Checkpoint {
   TensorView Get(const std::string& name) const;
   size_t num_tensors() const { return specs_.size(); }
   uint64_t total_bytes() const { return store_->total_bytes(); }
+  // Names these weights (for prefix-cache keys, engine/kv/block_key.h): a hash of every tensor's
+  // name, dtype, shape and first and last 4 KiB.
+  uint64_t identity() const { return identity_; }
 
  private:
   Checkpoint() = default;
+  uint64_t ComputeIdentity() const;
 
   std::string dir_;
   ModelConfig config_;
   std::vector<TensorSpec> specs_;
   std::unique_ptr<TensorStore> store_;
+  uint64_t identity_ = 0;
 };
 
 }  // namespace strata::engine

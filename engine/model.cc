@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -135,6 +136,48 @@ SequenceCache Model::NewSequence() const {
     }
   }
   return cache;
+}
+
+absl::StatusOr<SequenceCache> Model::ResumeSequence(std::vector<int32_t> blocks,
+                                                   absl::Span<const uint8_t> checkpoint) {
+  const KvLayout& kv = pool_.layout();
+  SequenceCache cache = NewSequence();
+  cache.blocks = std::move(blocks);
+  const int64_t position = static_cast<int64_t>(cache.blocks.size()) * kBlockTokens;
+  absl::Status ok = VerifyKvRecord(checkpoint.data(), static_cast<int64_t>(checkpoint.size()),
+                                   KvRecordKind::kState, kv.fingerprint());
+  if (ok.ok() && reinterpret_cast<const KvRecordHeader*>(checkpoint.data())->tokens !=
+                     static_cast<uint64_t>(position)) {
+    ok = absl::DataLossError(absl::StrCat(
+        "the checkpoint is at position ",
+        reinterpret_cast<const KvRecordHeader*>(checkpoint.data())->tokens, ", its blocks end at ",
+        position));
+  }
+  if (ok.ok() && cache.state_data() == nullptr) {
+    ok = absl::ResourceExhaustedError("no state slot (the backend is out of memory)");
+  }
+  if (!ok.ok()) {
+    Release(cache);
+    return Annotate(ok, "resuming a cached prefix");
+  }
+  if (backend_.host_memory()) {
+    std::memcpy(cache.state.data(), checkpoint.data(), checkpoint.size());
+  } else {
+    backend_.ToDevice(cache.device_state.get(), checkpoint.data(),
+                      static_cast<int64_t>(checkpoint.size()));
+  }
+  cache.position = position;
+  return cache;
+}
+
+std::vector<uint8_t> Model::SnapshotState(SequenceCache& cache) const {
+  std::vector<uint8_t> out(static_cast<size_t>(pool_.layout().state_bytes()));
+  if (backend_.host_memory()) {
+    std::memcpy(out.data(), cache.state.data(), out.size());
+  } else {
+    backend_.ToHost(out.data(), cache.device_state.get(), static_cast<int64_t>(out.size()));
+  }
+  return out;
 }
 
 void Model::Release(SequenceCache& cache) {

@@ -17,7 +17,7 @@
 #include "engine/attention.h"
 #include "engine/backend.h"
 #include "engine/experts.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 #include "engine/model_weights.h"
 
 namespace strata::engine {
@@ -40,7 +40,16 @@ class Model {
 
   // A new, empty sequence cache (state slot zeroed, no blocks).
   SequenceCache NewSequence() const;
-  // Returns the sequence's blocks to the pool.
+  // A sequence resuming a cached prefix: `blocks` (full and sealed; the caller's references pass
+  // to the sequence) and `checkpoint`, the state record at blocks.size() · 128 tokens. DataLoss,
+  // with the blocks released, if the checkpoint is not a valid state record of this layout at
+  // that position.
+  absl::StatusOr<SequenceCache> ResumeSequence(std::vector<int32_t> blocks,
+                                               absl::Span<const uint8_t> checkpoint);
+  // The sequence's state record as host bytes: a checkpoint when its position is a block end.
+  std::vector<uint8_t> SnapshotState(SequenceCache& cache) const;
+  // Drops the sequence's references to its blocks (each goes back to the pool when nobody else
+  // holds it).
   void Release(SequenceCache& cache);
 
   // Runs the new tokens of every input through the model, extending each cache; appends one row

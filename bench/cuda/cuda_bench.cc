@@ -29,8 +29,8 @@
 #include "bench/engine_bench.h"
 #include "bench/report.h"
 #include "engine/cuda/cuda_backend.h"
-#include "engine/kv_codec.h"
-#include "engine/kv_layout.h"
+#include "engine/kv/kv_codec.h"
+#include "engine/kv/kv_layout.h"
 #include "engine/model_config.h"
 #include "engine/numerics.h"
 

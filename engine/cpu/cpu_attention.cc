@@ -14,8 +14,8 @@
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/vector_ops.h"
-#include "engine/kv_codec.h"
-#include "engine/kv_layout.h"
+#include "engine/kv/kv_codec.h"
+#include "engine/kv/kv_layout.h"
 #include "engine/numerics.h"
 
 namespace strata::engine {

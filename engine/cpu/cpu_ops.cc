@@ -13,7 +13,7 @@
 
 #include <sys/mman.h>
 #include "engine/cpu/vector_ops.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 #include "engine/numerics.h"
 
 namespace strata::engine {

@@ -24,7 +24,7 @@ void ScaleRoundBf16(const float* x, float r, const float* w, int64_t n, float* o
 // heads in order, each dot product with Dot's order.
 void IndexerScores(const float* q, const float* w, int64_t heads, const float* keys, int64_t count,
                    int64_t dim, float* out);
-// A main KV entry ([nope × E4M3][nope/64 × UE8M0][rope × BF16], engine/kv_codec.h) decoded into
+// A main KV entry ([nope × E4M3][nope/64 × UE8M0][rope × BF16], engine/kv/kv_codec.h) decoded into
 // v[nope + rope]: the same values as MainEntryCodec::Decode, branch-free so it vectorises.
 void DecodeMainEntry(const uint8_t* in, int64_t nope, int64_t rope, float* v);
 // out[k] = bf16(Σ_i coef[i] · rows[i][k]) for i < count (≥ 1; the sum starts from the first

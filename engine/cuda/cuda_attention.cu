@@ -33,7 +33,7 @@
 namespace strata::engine::cuda {
 namespace {
 
-constexpr int64_t kBlockTokens = 128;  // positions per KV block (engine/kv_layout.h)
+constexpr int64_t kBlockTokens = 128;  // positions per KV block (engine/kv/kv_layout.h)
 constexpr int64_t kMaxGridY = 65535;
 constexpr int kDefaultSmem = 48 << 10;  // static + dynamic shared memory without the opt-in
 // Room for the kernels' static shared memory (CompressKernel's is the largest, ~2.1 KiB): the 48

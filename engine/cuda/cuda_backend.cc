@@ -14,7 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/kernels.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 
 namespace strata::engine {
 namespace {

@@ -1,4 +1,4 @@
-// Fuzzes the KV record checks and decoders (engine/kv_cache.h, engine/kv_codec.h): what a decode
+// Fuzzes the KV record checks and decoders (engine/kv/kv_cache.h, engine/kv/kv_codec.h): what a decode
 // worker runs on the blocks and state slot a prefill worker wrote into its memory, before and
 // after trusting them. The records have the tiny preset's layout.
 //
@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "engine/cpu/vector_ops.h"
-#include "engine/kv_cache.h"
-#include "engine/kv_codec.h"
-#include "engine/kv_layout.h"
+#include "engine/kv/kv_cache.h"
+#include "engine/kv/kv_codec.h"
+#include "engine/kv/kv_layout.h"
 #include "engine/model_config.h"
 
 namespace {

@@ -17,7 +17,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "proto/grpc_options.h"
-#include "tests/unit/decode/micro_model.h"
+#include "tests/unit/engine/micro_model.h"
 #include "transport/transport.h"
 
 namespace strata {

@@ -10,7 +10,7 @@
 #include "decode/scheduler.h"
 #include "gtest/gtest.h"
 #include "prefill/prefill_worker.h"
-#include "tests/unit/decode/micro_model.h"
+#include "tests/unit/engine/micro_model.h"
 #include "transport/transport.h"
 
 namespace strata {

@@ -434,7 +434,7 @@ inline std::string Describe(const std::vector<SeqSpec>& seqs) {
 inline int64_t RoundUp(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
 
 // One layer's byte layout in the fake pool's blocks and the state slots, shaped like
-// engine/kv_layout.h: a 64-byte header first (so no offset is 0) and 64 guard bytes at the end
+// engine/kv/kv_layout.h: a 64-byte header first (so no offset is 0) and 64 guard bytes at the end
 // of each record (a write past its part shows up as a changed byte).
 struct FakeLayout {
   KvEntryFormat f;

@@ -18,7 +18,7 @@
 
 namespace strata::engine::testing::ref {
 
-// Every page of the KV pool covers 128 positions (engine/kv_layout.h, kBlockTokens).
+// Every page of the KV pool covers 128 positions (engine/kv/kv_layout.h, kBlockTokens).
 inline constexpr int64_t kBlockPositions = 128;
 // Amax floors of the KV simulation (MODEL.md §2).
 inline constexpr float kFp8AmaxFloor = 1e-4f;

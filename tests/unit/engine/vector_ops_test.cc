@@ -7,7 +7,7 @@
 #include <cstring>
 #include <vector>
 
-#include "engine/kv_codec.h"
+#include "engine/kv/kv_codec.h"
 #include "gtest/gtest.h"
 
 namespace strata::engine {

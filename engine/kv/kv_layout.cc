@@ -1,4 +1,4 @@
-#include "engine/kv_layout.h"
+#include "engine/kv/kv_layout.h"
 
 #include "xxhash.h"
 

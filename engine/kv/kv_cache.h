@@ -4,7 +4,15 @@
 // followed by the payload — so the bytes in the pool are the bytes sent over the wire and written
 // to disk; Verify() is what a receiver or a reader from disk runs before trusting them.
 //
-// Threading: KvPool allocation is thread-safe; a block's contents belong to whoever holds its id.
+// Blocks are reference counted. Allocate() hands out a zeroed block with one reference, its
+// writer's; once sealed and full a block is immutable, and others may share it read-only by
+// taking references of their own (a request reusing a cached prefix, a prefix-cache entry, a
+// transfer still reading it). Free() drops one reference; the block goes back to the free list
+// only when the last one is dropped, so nothing can hand out a block that anyone may still read
+// or write.
+//
+// Threading: KvPool's methods are thread-safe; a block's contents belong to whoever holds its id
+// (while shared: read-only for everyone).
 #pragma once
 
 #include <cstdint>
@@ -15,7 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/backend.h"
-#include "engine/kv_layout.h"
+#include "engine/kv/kv_layout.h"
 
 namespace strata::engine {
 
@@ -51,9 +59,13 @@ class KvPool {
   // deployment sized beyond the device).
   KvPool(const KvLayout& layout, int64_t num_blocks, Backend* backend = nullptr);
 
-  // A zeroed block id; ResourceExhausted when the pool is full.
+  // A zeroed block id with one reference; ResourceExhausted when the pool is full.
   absl::StatusOr<int32_t> Allocate();
+  // One more reference to a block someone already holds (CHECK-fails on a free block).
+  void Ref(int32_t id);
+  // Drops one reference; the last one returns the block to the free list.
   void Free(int32_t id);
+  int32_t refs(int32_t id) const;
   uint8_t* block(int32_t id) { return memory() + static_cast<size_t>(id) * layout_.block_bytes(); }
   const uint8_t* block(int32_t id) const {
     return const_cast<KvPool*>(this)->memory() + static_cast<size_t>(id) * layout_.block_bytes();
@@ -67,6 +79,8 @@ class KvPool {
   int64_t memory_bytes() const { return num_blocks_ * layout_.block_bytes(); }
 
  private:
+  void CheckHeld(int32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const KvLayout layout_;
   const int64_t num_blocks_;
   Backend* const backend_;  // set when the pool is in backend memory
@@ -74,6 +88,7 @@ class KvPool {
   DeviceBuffer device_;
   mutable absl::Mutex mu_;
   std::vector<int32_t> free_ ABSL_GUARDED_BY(mu_);
+  std::vector<int32_t> refs_ ABSL_GUARDED_BY(mu_);
 };
 
 // One sequence's cache: its position, block table and state slot. Owned by the engine's step

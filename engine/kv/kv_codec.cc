@@ -1,4 +1,4 @@
-#include "engine/kv_codec.h"
+#include "engine/kv/kv_codec.h"
 
 #include <algorithm>
 #include <cmath>

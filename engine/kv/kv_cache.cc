@@ -1,4 +1,4 @@
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -70,6 +70,7 @@ KvPool::KvPool(const KvLayout& layout, int64_t num_blocks, Backend* backend)
   }
   absl::MutexLock lock(&mu_);
   free_.resize(static_cast<size_t>(num_blocks));
+  refs_.assign(static_cast<size_t>(num_blocks), 0);
   // Hand out low ids first.
   std::iota(free_.rbegin(), free_.rend(), 0);
 }
@@ -84,6 +85,7 @@ absl::StatusOr<int32_t> KvPool::Allocate() {
     }
     id = free_.back();
     free_.pop_back();
+    refs_[static_cast<size_t>(id)] = 1;
   }
   if (backend_ != nullptr) {
     backend_->Zero(block(id), layout_.block_bytes());
@@ -93,9 +95,31 @@ absl::StatusOr<int32_t> KvPool::Allocate() {
   return id;
 }
 
+void KvPool::Ref(int32_t id) {
+  absl::MutexLock lock(&mu_);
+  CheckHeld(id);
+  ++refs_[static_cast<size_t>(id)];
+}
+
 void KvPool::Free(int32_t id) {
   absl::MutexLock lock(&mu_);
-  free_.push_back(id);
+  CheckHeld(id);
+  if (--refs_[static_cast<size_t>(id)] == 0) free_.push_back(id);
+}
+
+int32_t KvPool::refs(int32_t id) const {
+  absl::MutexLock lock(&mu_);
+  return id >= 0 && id < num_blocks_ ? refs_[static_cast<size_t>(id)] : 0;
+}
+
+void KvPool::CheckHeld(int32_t id) const {
+  if (id < 0 || id >= num_blocks_ || refs_[static_cast<size_t>(id)] <= 0) {
+    // A double free or a reference to a block nobody holds: the program's own bug, and reusing
+    // the block would hand one request's KV to another.
+    std::fprintf(stderr, "KvPool: block %d is not held (%s)\n", id,
+                 id < 0 || id >= num_blocks_ ? "out of range" : "free");
+    std::abort();
+  }
 }
 
 int64_t KvPool::free_blocks() const {

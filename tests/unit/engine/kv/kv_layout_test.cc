@@ -1,8 +1,8 @@
-#include "engine/kv_layout.h"
+#include "engine/kv/kv_layout.h"
 
 #include <vector>
 
-#include "engine/kv_codec.h"
+#include "engine/kv/kv_codec.h"
 #include "engine/numerics.h"
 #include "gtest/gtest.h"
 

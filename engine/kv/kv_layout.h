@@ -16,7 +16,7 @@
 namespace strata::engine {
 
 inline constexpr int64_t kBlockTokens = 128;
-// Every block and state slot starts with a header (engine/kv_cache.h) that makes its bytes a
+// Every block and state slot starts with a header (engine/kv/kv_cache.h) that makes its bytes a
 // self-describing, checksummed record: the same bytes in memory, on the wire and on disk.
 inline constexpr int64_t kKvHeaderBytes = 64;
 
