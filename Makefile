@@ -71,10 +71,12 @@ TSAN_DIR ?= build-tsan
 SAN_SUPP = $(CURDIR)/tests/sanitizers
 ASAN_SANITIZE = address,undefined
 SAN_COMMON = halt_on_error=1:log_exe_name=1
-ASAN_ENV = ASAN_OPTIONS=$(SAN_COMMON):log_path=$(CURDIR)/$(ASAN_DIR)/sanitizer-logs/asan:detect_leaks=1:check_initialization_order=1:strict_init_order=1:detect_stack_use_after_return=1:strict_string_checks=1 \
+# allocator_may_return_null: an allocation too big for the machine fails as it would without ASan
+# (the backends turn it into ResourceExhausted, and a test checks that) instead of aborting.
+ASAN_ENV = ASAN_OPTIONS=$(SAN_COMMON):log_path=$(CURDIR)/$(ASAN_DIR)/sanitizer-logs/asan:allocator_may_return_null=1:detect_leaks=1:check_initialization_order=1:strict_init_order=1:detect_stack_use_after_return=1:strict_string_checks=1 \
   UBSAN_OPTIONS=$(SAN_COMMON):log_path=$(CURDIR)/$(ASAN_DIR)/sanitizer-logs/ubsan:print_stacktrace=1 \
   LSAN_OPTIONS=suppressions=$(SAN_SUPP)/lsan.supp:print_suppressions=0
-TSAN_ENV = TSAN_OPTIONS=$(SAN_COMMON):log_path=$(CURDIR)/$(TSAN_DIR)/sanitizer-logs/tsan:second_deadlock_stack=1:suppressions=$(SAN_SUPP)/tsan.supp:print_suppressions=0
+TSAN_ENV = TSAN_OPTIONS=$(SAN_COMMON):log_path=$(CURDIR)/$(TSAN_DIR)/sanitizer-logs/tsan:allocator_may_return_null=1:second_deadlock_stack=1:suppressions=$(SAN_SUPP)/tsan.supp:print_suppressions=0
 # Passed to ctest, e.g. SAN_CTEST_ARGS="-R decode_test" for one binary.
 SAN_CTEST_ARGS ?=
 

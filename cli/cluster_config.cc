@@ -34,7 +34,8 @@ class Parser {
     c.source = yaml_.source();
     STRATA_RETURN_IF_ERROR(
         CheckKeys("", {"cluster", "model", "model_name", "redis", "redis_port", "transport",
-                       "ucx_tls", "log_format", "router", "prefill", "decode", "supervise"}));
+                       "ucx_tls", "log_format", "router", "prefill", "decode", "prefix_cache",
+                       "supervise"}));
     STRATA_RETURN_IF_ERROR(Read("cluster", &c.cluster));
     if (c.cluster.empty() || !std::all_of(c.cluster.begin(), c.cluster.end(), [](char ch) {
           return absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' ||
@@ -93,6 +94,16 @@ class Parser {
     STRATA_RETURN_IF_ERROR(ReadInt("decode.kv_blocks", &c.decode.kv_blocks, 1, 1 << 30));
     STRATA_RETURN_IF_ERROR(ReadInt("decode.max_batch", &c.decode.max_batch, 1, 1 << 16));
     STRATA_RETURN_IF_ERROR(ReadInt("decode.max_queue", &c.decode.max_queue, 1, 1 << 20));
+
+    STRATA_RETURN_IF_ERROR(CheckKeys(
+        "prefix_cache", {"enabled", "checkpoint_every", "checkpoint_mib", "local_prefill_limit"}));
+    STRATA_RETURN_IF_ERROR(Read("prefix_cache.enabled", &c.prefix_cache.enabled));
+    STRATA_RETURN_IF_ERROR(
+        ReadInt("prefix_cache.checkpoint_every", &c.prefix_cache.checkpoint_every, 1, 1 << 20));
+    STRATA_RETURN_IF_ERROR(
+        ReadInt("prefix_cache.checkpoint_mib", &c.prefix_cache.checkpoint_mib, 1, 1 << 24));
+    STRATA_RETURN_IF_ERROR(ReadInt("prefix_cache.local_prefill_limit",
+                                   &c.prefix_cache.local_prefill_limit, 0, 1 << 30));
 
     STRATA_RETURN_IF_ERROR(CheckKeys(
         "supervise", {"max_restarts", "window_s", "backoff_s", "max_backoff_s", "reset_after_s"}));

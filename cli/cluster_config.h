@@ -55,6 +55,18 @@ struct DecodeSettings {
   int max_queue = 256;
 };
 
+// Prefix reuse on the workers (DESIGN.md §5): each keeps finished requests' full KV blocks in its
+// own pool, with boundary checkpoints, so a prompt that starts like an earlier one (the next turn
+// of a conversation, another question about a document) computes only the rest.
+struct PrefixCacheSettings {
+  bool enabled = true;
+  int checkpoint_every = 16;        // blocks (of 128 tokens) between checkpoints
+  int checkpoint_mib = 512;         // per worker: memory its checkpoints may take
+  // A decode worker computes a request itself, rather than sending it to a prefill worker, when
+  // its prompt past what that decode worker has cached is at most this many tokens.
+  int local_prefill_limit = 2048;
+};
+
 // What `strata up` does when one of its processes (a service, the private Redis) exits without
 // being asked to: restart it after a backoff that doubles from backoff_s up to max_backoff_s
 // (back to backoff_s once it has stayed up reset_after_s), and give up on it when it would be its
@@ -93,6 +105,7 @@ struct ClusterConfig {
   RouterSettings router;
   PrefillSettings prefill;
   DecodeSettings decode;
+  PrefixCacheSettings prefix_cache;
   SuperviseSettings supervise;
 
   // `model_name`, or the model folder's base name when that is empty.

@@ -139,12 +139,7 @@ absl::Status RunColocated(const RouterFlags& f) {
   engine::KvLayout layout(runtime->config());
   engine::KvPool pool(layout, config.decode.kv_blocks);
   engine::Model model(*runtime->weights, *runtime->backend, *runtime->experts, pool);
-  decode::Scheduler scheduler(model, pool,
-                              {.max_batch = config.decode.max_batch,
-                               .max_queue = config.decode.max_queue,
-                               .chunk_tokens = config.prefill.chunk_tokens,
-                               .eos_id = tokenizer->eos_id(),
-                               .num_tokens = tokenizer->num_tokens()});
+  decode::Scheduler scheduler(model, pool, DecodeSchedulerOptions(config, *runtime, *tokenizer));
   router::LocalUpstream upstream(scheduler);
   auto metrics = std::make_shared<prometheus::Registry>();
   const router::OpenAiFrontOptions front_options = FrontOptions(config, runtime->config());

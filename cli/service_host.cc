@@ -85,4 +85,19 @@ absl::StatusOr<std::unique_ptr<registry::Registry>> ConnectRegistry(const std::s
 
 std::string ServiceId(const std::string& name) { return absl::StrCat(name, "-", ::getpid()); }
 
+decode::SchedulerOptions DecodeSchedulerOptions(const ClusterConfig& config, const engine::Runtime& runtime,
+                                                const engine::Tokenizer& tokenizer) {
+  const PrefixCacheSettings& pc = config.prefix_cache;
+  return {.max_batch = config.decode.max_batch,
+          .max_queue = config.decode.max_queue,
+          .chunk_tokens = config.prefill.chunk_tokens,
+          .eos_id = tokenizer.eos_id(),
+          .num_tokens = tokenizer.num_tokens(),
+          .prefix_cache = pc.enabled,
+          .cache = {.max_checkpoint_bytes = int64_t{pc.checkpoint_mib} << 20},
+          .checkpoint_every = pc.checkpoint_every,
+          .model_identity = runtime.checkpoint->identity(),
+          .local_prefill_limit = pc.local_prefill_limit};
+}
+
 }  // namespace strata::cli

@@ -13,6 +13,9 @@
 #include "absl/status/statusor.h"
 #include "cli/cluster_config.h"
 #include "common/http_server.h"
+#include "decode/scheduler.h"
+#include "engine/runtime.h"
+#include "engine/tokenizer.h"
 #include "grpcpp/grpcpp.h"
 #include "prometheus/registry.h"
 #include "registry/registry.h"
@@ -37,6 +40,11 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string&
 
 // The cluster's registry: Redis at `redis` (host:port), keys under `cluster`.
 absl::StatusOr<std::unique_ptr<registry::Registry>> ConnectRegistry(const std::string& redis, const std::string& cluster);
+
+// The decode scheduler's settings from the cluster file (a decode worker's, or the colocated
+// server's), for the model and tokenizer the process loaded.
+decode::SchedulerOptions DecodeSchedulerOptions(const ClusterConfig& config, const engine::Runtime& runtime,
+                                                const engine::Tokenizer& tokenizer);
 
 // A unique registry id for this process: "<name>-<pid>".
 std::string ServiceId(const std::string& name);

@@ -67,6 +67,46 @@ class StatsMetrics {
   uint64_t last_bytes_ = 0;
 };
 
+// strata_<role>_prefix_*: the worker's local prefix cache (engine::PrefixCache), from its stats.
+class PrefixMetrics {
+ public:
+  PrefixMetrics(prometheus::Registry& r, const std::string& role) {
+    auto counter = [&](const std::string& what, const std::string& help) -> prometheus::Counter& {
+      return prometheus::BuildCounter().Name(absl::StrCat("strata_", role, "_prefix_", what)).Help(help).Register(r).Add({});
+    };
+    auto gauge = [&](const std::string& what, const std::string& help) -> prometheus::Gauge& {
+      return prometheus::BuildGauge().Name(absl::StrCat("strata_", role, "_prefix_", what)).Help(help).Register(r).Add({});
+    };
+    lookups_ = &counter("lookups_total", "Prefix-cache lookups (one per admitted request)");
+    hits_ = &counter("hits_total", "Lookups that resumed from a cached prefix");
+    hit_tokens_ = &counter("hit_tokens_total", "Prompt tokens resumed from the cache, not computed");
+    inserted_ = &counter("inserted_blocks_total", "Blocks added to the cache");
+    evicted_ = &counter("evicted_blocks_total", "Blocks dropped from the cache (LRU, or for space)");
+    blocks_ = &gauge("blocks", "Blocks the cache holds");
+    checkpoints_ = &gauge("checkpoints", "Boundary checkpoints the cache holds");
+    checkpoint_bytes_ = &gauge("checkpoint_bytes", "Bytes of those checkpoints");
+  }
+  void Update(const engine::PrefixCacheStats& s) {
+    Advance(*lookups_, s.lookups, last_.lookups);
+    Advance(*hits_, s.hits, last_.hits);
+    Advance(*hit_tokens_, s.hit_tokens, last_.hit_tokens);
+    Advance(*inserted_, s.inserted_blocks, last_.inserted_blocks);
+    Advance(*evicted_, s.evicted_blocks, last_.evicted_blocks);
+    blocks_->Set(static_cast<double>(s.blocks));
+    checkpoints_->Set(static_cast<double>(s.checkpoints));
+    checkpoint_bytes_->Set(static_cast<double>(s.checkpoint_bytes));
+    last_ = s;
+  }
+
+ private:
+  static void Advance(prometheus::Counter& c, int64_t now, int64_t before) {
+    if (now > before) c.Increment(static_cast<double>(now - before));
+  }
+  prometheus::Counter *lookups_, *hits_, *hit_tokens_, *inserted_, *evicted_;
+  prometheus::Gauge *blocks_, *checkpoints_, *checkpoint_bytes_;
+  engine::PrefixCacheStats last_;
+};
+
 // The parts both worker roles build the same way.
 struct WorkerBase {
   ClusterConfig config;
@@ -132,15 +172,11 @@ absl::Status RunDecode(const WorkerFlags& f) {
   WorkerBase w;
   STRATA_RETURN_IF_ERROR(Prepare(f, "decode", w));
   STRATA_ASSIGN_OR_RETURN(auto tokenizer, engine::Tokenizer::Load(w.config.model));
-  decode::Scheduler scheduler(*w.model, *w.pool,
-                              {.max_batch = w.config.decode.max_batch,
-                               .max_queue = w.config.decode.max_queue,
-                               .chunk_tokens = w.config.prefill.chunk_tokens,
-                               .eos_id = tokenizer->eos_id(),
-                               .num_tokens = tokenizer->num_tokens()});
+  decode::Scheduler scheduler(*w.model, *w.pool, DecodeSchedulerOptions(w.config, *w.runtime, *tokenizer));
   STRATA_ASSIGN_OR_RETURN(auto service, decode::DecodeService::Create(scheduler, *w.pool, *w.transport, {}));
   STRATA_ASSIGN_OR_RETURN(auto grpc, StartGrpcServer(w.me.grpc_address(), {service.get()}));
   StatsMetrics stats(*w.metrics, "decode");
+  PrefixMetrics prefix(*w.metrics, "decode");
   // The exposed KV hand-off (prefill's wait for its pushes + verification here), for the
   // "hand-off share of TTFT" figure of `strata bench serve`.
   auto& handoffs = prometheus::BuildCounter().Name("strata_decode_kv_handoffs_total")
@@ -153,6 +189,7 @@ absl::Status RunDecode(const WorkerFlags& f) {
   STRATA_ASSIGN_OR_RETURN(auto http, StartMetricsServer(w.me.host, w.me.http_port, w.metrics, [&] {
     decode::SchedulerStats s = scheduler.stats();
     stats.Update(s.running, s.queued, s.free_blocks, s.total_blocks, s.generated_tokens, 0);
+    prefix.Update(s.prefix);
     if (s.handoffs > last_handoffs) handoffs.Increment(static_cast<double>(s.handoffs - last_handoffs));
     if (s.handoff_seconds > last_handoff_seconds) handoff_seconds.Increment(s.handoff_seconds - last_handoff_seconds);
     last_handoffs = s.handoffs;
@@ -172,13 +209,19 @@ absl::Status RunPrefill(const WorkerFlags& f) {
   STRATA_RETURN_IF_ERROR(Prepare(f, "prefill", w));
   STRATA_ASSIGN_OR_RETURN(auto worker, prefill::PrefillWorker::Create(*w.model, *w.pool, *w.transport,
                                                                        {.chunk_tokens = w.config.prefill.chunk_tokens,
-                                                                        .step_target_ms = w.config.prefill.step_target_ms}));
+                                                                        .step_target_ms = w.config.prefill.step_target_ms,
+                                                                        .prefix_cache = w.config.prefix_cache.enabled,
+                                                                        .cache = {.max_checkpoint_bytes = int64_t{w.config.prefix_cache.checkpoint_mib} << 20},
+                                                                        .checkpoint_every = w.config.prefix_cache.checkpoint_every,
+                                                                        .model_identity = w.runtime->checkpoint->identity()}));
   prefill::PrefillService service(*worker);
   STRATA_ASSIGN_OR_RETURN(auto grpc, StartGrpcServer(w.me.grpc_address(), {&service}));
   StatsMetrics stats(*w.metrics, "prefill");
+  PrefixMetrics prefix(*w.metrics, "prefill");
   STRATA_ASSIGN_OR_RETURN(auto http, StartMetricsServer(w.me.host, w.me.http_port, w.metrics, [&] {
     prefill::PrefillStats s = worker->stats();
     stats.Update(s.running, s.queued, s.free_blocks, s.total_blocks, s.tokens_computed, s.kv_bytes_sent);
+    prefix.Update(s.prefix);
   }));
   auto heartbeat = std::make_unique<registry::Heartbeat>(*w.registry, Record(w), kServiceLease, [&] {
     prefill::PrefillStats s = worker->stats();

@@ -57,6 +57,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent>, p
                   .seed = request.sampling().seed()};
     r.ignore_eos = request.ignore_eos();
     r.logprobs = request.logprobs();
+    r.cache_namespace = request.cache_namespace();
+    cache_namespace_ = request.cache_namespace();
     // The prompt's last token is always computed here (its logits give the first token).
     if (!request.prefill_address().empty() && r.prompt.size() > 1) {
       r.remote_prefill_tokens = static_cast<int64_t>(r.prompt.size()) - 1;
@@ -138,6 +140,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent>, p
     call->request.set_request_id(id_);
     call->request.mutable_tokens()->Add(tokens.begin(), tokens.end());
     call->request.set_traceparent(traceparent_);
+    call->request.set_cache_namespace(cache_namespace_);
     Scheduler* scheduler = &service_.scheduler();
     if (absl::Status granted = service_.GrantTarget(admission, call->request.mutable_target(), &call->pool_grant,
                                                     &call->state_grant);
@@ -171,7 +174,11 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent>, p
                                  s.ok() || call->context.GetServerTrailingMetadata().count("strata-prefill-settled") > 0;
                              call->pool_grant.reset();
                              call->state_grant.reset();
-                             scheduler->Landed(id, status, call->reply.transfer_wait_ms(), enforced || settled);
+                             scheduler->Landed(id, Landing{.status = status,
+                                                           .transfer_wait_ms = call->reply.transfer_wait_ms(),
+                                                           .fenced = enforced || settled,
+                                                           .cached_tokens = s.ok() ? call->reply.cached_tokens() : 0,
+                                                           .checkpoint_tokens = s.ok() ? call->reply.checkpoint_tokens() : 0});
                            });
   }
 
@@ -186,6 +193,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent>, p
         done_ = true;
         final_status_ = e.status;
         pending_.set_finish_reason(ToProto(e.finish));
+        pending_.set_cached_tokens(e.cached_tokens);
         has_pending_ = has_pending_ || e.finish != Finish::kNone;
       }
       op = NextOpLocked();
@@ -236,7 +244,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::TokenEvent>, p
   DecodeService& service_;
   grpc::CallbackServerContext* const context_;  // valid until OnDone
   const std::string id_;
-  std::string prefill_address_, traceparent_;
+  std::string prefill_address_, traceparent_, cache_namespace_;
   absl::Mutex mu_;
   std::shared_ptr<PrefillCall> prefill_ ABSL_GUARDED_BY(mu_);
   v1::TokenEvent pending_ ABSL_GUARDED_BY(mu_), current_ ABSL_GUARDED_BY(mu_);
@@ -314,8 +322,9 @@ absl::Status DecodeService::GrantTarget(const Admission& admission, v1::KvTarget
   std::vector<transport::ByteRange> blocks;
   for (int32_t b : admission.blocks) blocks.push_back({static_cast<uint64_t>(b) * block_bytes, block_bytes});
   STRATA_ASSIGN_OR_RETURN(*pool_grant, transport_.GrantAccess(*pool_registration_, blocks));
-  const transport::ByteRange slot{static_cast<uint64_t>(admission.landing_slot) * state_bytes, state_bytes};
-  STRATA_ASSIGN_OR_RETURN(*state_grant, transport_.GrantAccess(*landing_registration_, absl::MakeConstSpan(&slot, 1)));
+  const transport::ByteRange slots[2] = {{static_cast<uint64_t>(admission.state_offset), state_bytes},
+                                         {static_cast<uint64_t>(admission.checkpoint_offset), state_bytes}};
+  STRATA_ASSIGN_OR_RETURN(*state_grant, transport_.GrantAccess(*landing_registration_, slots));
   const transport::RemoteRegion pool = (*pool_grant)->Describe(), landing = (*state_grant)->Describe();
   target->set_transport_address(transport_.address());
   target->set_layout_fingerprint(layout.fingerprint());
@@ -326,9 +335,13 @@ absl::Status DecodeService::GrantTarget(const Admission& admission, v1::KvTarget
   target->set_block_bytes(block_bytes);
   target->mutable_block_ids()->Add(admission.blocks.begin(), admission.blocks.end());
   auto* state = target->mutable_state();
-  state->set_address(landing.address + slot.offset);
+  state->set_address(landing.address + slots[0].offset);
   state->set_length(state_bytes);
   state->set_key(landing.key);
+  auto* checkpoint = target->mutable_checkpoint();
+  checkpoint->set_address(landing.address + slots[1].offset);
+  checkpoint->set_length(state_bytes);
+  checkpoint->set_key(landing.key);
   return absl::OkStatus();
 }
 

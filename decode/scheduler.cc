@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "spdlog/spdlog.h"
 
 namespace strata::decode {
 
@@ -15,7 +16,9 @@ Scheduler::Scheduler(engine::Model& model, engine::KvPool& pool, const Scheduler
     : model_(model),
       pool_(pool),
       options_(options),
-      landing_(static_cast<size_t>(options.max_batch * pool.layout().state_bytes())) {
+      landing_(static_cast<size_t>(2 * options.max_batch * pool.layout().state_bytes())),
+      cache_(options.prefix_cache ? std::make_unique<engine::PrefixCache>(pool, options.cache) : nullptr),
+      scope_{options.model_identity, pool.layout().fingerprint()} {
   for (int32_t i = static_cast<int32_t>(options_.max_batch) - 1; i >= 0; --i) free_slots_.push_back(i);
   thread_ = std::thread([this] { Loop(); });
 }
@@ -26,6 +29,7 @@ Scheduler::~Scheduler() {
     stop_ = true;
   }
   thread_.join();
+  cache_.reset();  // its references, before the pool goes
 }
 
 int64_t Scheduler::BlocksNeeded(const Request& r) const {
@@ -78,9 +82,9 @@ void Scheduler::Cancel(const std::string& id) {
   inbox_.cancelled.push_back(id);
 }
 
-void Scheduler::Landed(const std::string& id, absl::Status status, double transfer_wait_ms, bool fenced) {
+void Scheduler::Landed(const std::string& id, Landing landing) {
   absl::MutexLock lock(&mu_);
-  inbox_.landed.push_back({id, std::move(status), transfer_wait_ms, fenced});
+  inbox_.landed.emplace_back(id, std::move(landing));
 }
 
 SchedulerStats Scheduler::stats() const {
@@ -99,7 +103,7 @@ void Scheduler::Loop() {
       absl::MutexLock lock(&mu_);
       // Sleep only when nothing can make progress without new input.
       const bool admissible = !waiting_.empty() && static_cast<int64_t>(admitted_.size()) < options_.max_batch &&
-                              !free_slots_.empty() && BlocksNeeded(waiting_.front()->request) <= pool_.free_blocks();
+                              !free_slots_.empty() && BlocksNeeded(waiting_.front()->request) <= AvailableBlocks();
       const bool runnable = admissible || std::any_of(admitted_.begin(), admitted_.end(), [](const auto& s) {
                               return s->phase == Phase::kRunning || (s->phase == Phase::kLanding && s->has_landed);
                             });
@@ -138,18 +142,22 @@ void Scheduler::Loop() {
     stats_.generated_tokens = generated_total_;
     stats_.handoffs = handoffs_;
     stats_.handoff_seconds = handoff_seconds_;
+    stats_.local_resumes = local_resumes_;
+    if (cache_ != nullptr) stats_.prefix = cache_->stats();
   }
+}
+
+int64_t Scheduler::AvailableBlocks() const {
+  return pool_.free_blocks() + (cache_ != nullptr ? cache_->Evictable() : 0);
 }
 
 void Scheduler::Drain(Inbox& inbox) {
   for (auto& s : inbox.submitted) waiting_.push_back(std::move(s));
-  for (auto& l : inbox.landed) {
+  for (auto& [id, landing] : inbox.landed) {
     for (auto& s : admitted_) {
-      if (s->request.id == l.id && s->phase == Phase::kLanding) {
+      if (s->request.id == id && s->phase == Phase::kLanding) {
         s->has_landed = true;
-        s->landed = l.status;
-        s->transfer_wait_ms = l.transfer_wait_ms;
-        s->fenced = l.fenced;
+        s->landed = landing;
       }
     }
   }
@@ -187,6 +195,20 @@ absl::Status Scheduler::VerifyLanded(Sequence& s) {
   }
   std::memcpy(s.cache.state.data(), state, static_cast<size_t>(layout.state_bytes()));
   s.cache.position = s.request.remote_prefill_tokens;
+  s.cached_tokens = s.landed.cached_tokens;
+  // The checkpoint at the prompt's last full block, for the prefix cache: used only if it is the
+  // record it should be (a prefill worker that sent none, or a bad one, costs only a later reuse).
+  const int64_t want = s.request.remote_prefill_tokens / engine::kBlockTokens * engine::kBlockTokens;
+  if (cache_ != nullptr && want > 0 && s.landed.checkpoint_tokens == want) {
+    const uint8_t* checkpoint = landing_.data() + static_cast<size_t>(options_.max_batch + s.landing_slot) *
+                                                      static_cast<size_t>(layout.state_bytes());
+    const auto* h = reinterpret_cast<const engine::KvRecordHeader*>(checkpoint);
+    if (engine::VerifyKvRecord(checkpoint, layout.state_bytes(), engine::KvRecordKind::kState, layout.fingerprint())
+            .ok() &&
+        h->tokens == static_cast<uint64_t>(want)) {
+      s.latest = {want, std::vector<uint8_t>(checkpoint, checkpoint + layout.state_bytes())};
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -198,7 +220,7 @@ void Scheduler::SettleLandings() {
       End(*s, Finish::kNone, absl::CancelledError("the request was cancelled"));
       continue;
     }
-    absl::Status status = s->landed;
+    absl::Status status = s->landed.status;
     const auto verify_begin = std::chrono::steady_clock::now();
     if (status.ok()) status = VerifyLanded(*s);
     if (!status.ok()) {
@@ -206,21 +228,53 @@ void Scheduler::SettleLandings() {
       continue;
     }
     ++handoffs_;
-    handoff_seconds_ += s->transfer_wait_ms / 1e3 +
+    handoff_seconds_ += s->landed.transfer_wait_ms / 1e3 +
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - verify_begin).count();
     s->phase = Phase::kRunning;
+    s->cacheable = true;
   }
   std::erase_if(admitted_, [](const auto& s) { return s == nullptr; });
+}
+
+bool Scheduler::AdmitFromCache(Sequence& s) {
+  if (cache_ == nullptr) return false;
+  const int64_t prompt = static_cast<int64_t>(s.request.prompt.size());
+  const std::vector<engine::BlockKey> keys = engine::PrefixBlockKeys(scope_, s.request.cache_namespace, s.request.prompt);
+  // The prompt's last token is always computed here: its logits give the first token.
+  engine::PrefixHit hit = cache_->Match(keys, (prompt - 1) / engine::kBlockTokens);
+  const bool worth = !hit.blocks.empty() &&
+                     (s.request.remote_prefill_tokens == 0 || prompt - hit.tokens() <= options_.local_prefill_limit);
+  const int64_t need = BlocksNeeded(s.request) - static_cast<int64_t>(hit.blocks.size());
+  if (worth && need > pool_.free_blocks()) cache_->Evict(need - pool_.free_blocks());
+  if (!worth || need > pool_.free_blocks()) {
+    for (int32_t b : hit.blocks) pool_.Free(b);
+    return false;
+  }
+  absl::StatusOr<engine::SequenceCache> resumed = model_.ResumeSequence(std::move(hit.blocks), hit.checkpoint);
+  if (!resumed.ok()) {
+    spdlog::warn("request {}: {}; not reusing its cached prefix", s.request.id, resumed.status().ToString());
+    return false;
+  }
+  s.cache = std::move(*resumed);
+  s.cached_tokens = s.cache.position;
+  s.request.remote_prefill_tokens = 0;  // the rest is computed here
+  ++local_resumes_;
+  return true;
 }
 
 void Scheduler::Admit() {
   while (!waiting_.empty() && static_cast<int64_t>(admitted_.size()) < options_.max_batch && !free_slots_.empty()) {
     Sequence& s = *waiting_.front();
     const int64_t need = BlocksNeeded(s.request);
-    if (need > pool_.free_blocks()) break;  // first come, first served: no overtaking
-    s.cache = model_.NewSequence();
+    if (need > AvailableBlocks()) break;  // first come, first served: no overtaking
+    const bool resumed = AdmitFromCache(s);
+    if (!resumed) {
+      if (need > pool_.free_blocks() && cache_ != nullptr) cache_->Evict(need - pool_.free_blocks());
+      if (need > pool_.free_blocks()) break;
+      s.cache = model_.NewSequence();
+    }
     bool ok = true;
-    for (int64_t i = 0; i < need; ++i) {
+    while (static_cast<int64_t>(s.cache.blocks.size()) < need) {
       auto id = pool_.Allocate();
       if (!id.ok()) {
         ok = false;
@@ -232,6 +286,7 @@ void Scheduler::Admit() {
       model_.Release(s.cache);
       break;
     }
+    s.plan.every = cache_ != nullptr ? options_.checkpoint_every : 0;
     s.sampler = std::make_unique<engine::Sampler>(s.request.sampling, options_.num_tokens);
     s.landing_slot = free_slots_.back();
     free_slots_.pop_back();
@@ -246,13 +301,47 @@ void Scheduler::Admit() {
       Admission admission;
       admission.blocks = s.cache.blocks;
       admission.landing_slot = s.landing_slot;
+      const int64_t state_bytes = pool_.layout().state_bytes();
+      admission.state_offset = s.landing_slot * state_bytes;
+      admission.checkpoint_offset = (options_.max_batch + s.landing_slot) * state_bytes;
+      // No stale record from the slot's last user can pass for this request's checkpoint.
+      std::memset(landing_.data() + admission.checkpoint_offset, 0, engine::kKvHeaderBytes);
       s.callbacks.on_admitted(admission);
     } else {
       s.phase = Phase::kRunning;
+      s.cacheable = true;
     }
     admitted_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
+}
+
+void Scheduler::TakeCheckpoint(Sequence& s) {
+  const int64_t position = s.cache.position;
+  if (cache_ == nullptr || position == 0 || position % engine::kBlockTokens != 0) return;
+  std::vector<uint8_t> state = model_.SnapshotState(s.cache);
+  if (s.plan.every > 0 && (position / engine::kBlockTokens) % s.plan.every == 0) {
+    s.checkpoints.emplace_back(position, std::move(state));
+  } else {
+    s.latest = {position, std::move(state)};
+  }
+}
+
+void Scheduler::CacheFinished(Sequence& s) {
+  if (cache_ == nullptr || !s.cacheable) return;
+  // The tokens its KV covers: the prompt, then what it generated and fed back.
+  std::vector<int32_t> tokens = s.request.prompt;
+  tokens.insert(tokens.end(), s.generated_tokens.begin(), s.generated_tokens.end());
+  tokens.resize(static_cast<size_t>(std::min<int64_t>(s.cache.position, static_cast<int64_t>(tokens.size()))));
+  const std::vector<engine::BlockKey> keys = engine::PrefixBlockKeys(scope_, s.request.cache_namespace, tokens);
+  if (keys.empty()) return;
+  cache_->Insert(keys, absl::MakeConstSpan(s.cache.blocks).subspan(0, keys.size()));
+  if (!s.latest.second.empty()) s.checkpoints.push_back(std::move(s.latest));
+  for (auto& [position, state] : s.checkpoints) {
+    const size_t block = static_cast<size_t>(position / engine::kBlockTokens);
+    if (block >= 1 && block <= keys.size()) cache_->InsertCheckpoint(keys[block - 1], std::move(state));
+  }
+  s.checkpoints.clear();
 }
 
 void Scheduler::RunStep() {
@@ -281,7 +370,10 @@ void Scheduler::RunStep() {
   absl::flat_hash_map<const Sequence*, int64_t> chunk;
   int64_t budget = options_.chunk_tokens;
   for (const Sequence* s : prompts) {
-    const int64_t n = std::min(remaining(s), std::max<int64_t>(budget, 1));
+    // A chunk ends at the next checkpoint position, where the state is taken for the cache.
+    const int64_t to_checkpoint =
+        s->plan.ChunkEnd(s->cache.position, static_cast<int64_t>(s->request.prompt.size())) - s->cache.position;
+    const int64_t n = std::min({remaining(s), std::max<int64_t>(budget, 1), to_checkpoint});
     budget -= n;
     chunk[s] = n;
   }
@@ -305,13 +397,17 @@ void Scheduler::RunStep() {
   ++steps_;
   if (!status.ok()) {
     spdlog::error("decode step over {} requests failed: {}", inputs.size(), status.ToString());
-    for (Sequence* s : in_step) End(*s, Finish::kNone, Annotate(status, "model step"));
+    for (Sequence* s : in_step) {
+      s->cacheable = false;
+      End(*s, Finish::kNone, Annotate(status, "model step"));
+    }
     std::erase_if(admitted_, [](const auto& s) { return s == nullptr; });
     return;
   }
   const int64_t vocab = model_.config().vocab_size;
   size_t row = 0;
   for (size_t i = 0; i < in_step.size(); ++i) {
+    TakeCheckpoint(*in_step[i]);
     if (!inputs[i].want_logits) continue;
     Sequence& s = *in_step[i];
     const float* l = logits.data() + row * static_cast<size_t>(vocab);
@@ -323,6 +419,7 @@ void Scheduler::RunStep() {
     ++s.generated;
     ++generated_total_;
     s.next_token = token;
+    s.generated_tokens.push_back(token);
     Finish finish = Finish::kNone;
     if (token == options_.eos_id && !s.request.ignore_eos) {
       finish = Finish::kStop;
@@ -332,6 +429,7 @@ void Scheduler::RunStep() {
     if (finish != Finish::kNone) {
       event.done = true;
       event.finish = finish;
+      event.cached_tokens = s.cached_tokens;
     }
     s.callbacks.on_event(std::move(event));
     if (finish != Finish::kNone) End(s, finish, absl::OkStatus());
@@ -354,7 +452,8 @@ void Scheduler::ReleaseQuarantined(bool all) {
 // there; callers erase).
 void Scheduler::End(Sequence& s, Finish finish, absl::Status status) {
   const bool queued = s.phase == Phase::kQueued;
-  if (!queued && !s.fenced) {
+  if (!queued && s.landed.fenced) CacheFinished(s);
+  if (!queued && !s.landed.fenced) {
     spdlog::warn("request {}: its KV transfer could not be fenced; {} blocks held back for {}", s.request.id,
                  s.cache.blocks.size(), absl::FormatDuration(options_.quarantine));
     quarantined_.push_back({std::move(s.cache), s.landing_slot, absl::Now() + options_.quarantine});
@@ -369,6 +468,7 @@ void Scheduler::End(Sequence& s, Finish finish, absl::Status status) {
     Event event;
     event.done = true;
     event.status = std::move(status);
+    event.cached_tokens = s.cached_tokens;
     s.callbacks.on_event(std::move(event));
   }
   {

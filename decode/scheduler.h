@@ -9,6 +9,15 @@
 // landed record (checksums, layout) before the request runs. Decode always computes the prompt's
 // last token itself, so all sampling happens here, with one sampler per request.
 //
+// Prefix reuse: the scheduler keeps the full blocks of every request that ran (prompt and
+// generated tokens) in its pool (engine::PrefixCache, in whatever running requests leave free),
+// with a checkpoint at the last full block it reached (and every `checkpoint_every` blocks), under
+// keys scoped by the request's cache namespace. A request whose prompt starts with cached blocks
+// — the next turn of a conversation, another question about a document — shares them and
+// computes the rest here, without a remote prefill, when the rest is at most
+// `local_prefill_limit` tokens (a remotely prefilled request lands the checkpoint at its
+// prompt's last full block too, so its next turn can).
+//
 // Threading: Submit/Cancel/Landed/stats may be called from any thread. One internal thread runs
 // the loop and calls the callbacks; callbacks must not block and must not call back into the
 // scheduler synchronously except Cancel/Landed (which only queue).
@@ -29,7 +38,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "engine/kv/block_key.h"
 #include "engine/kv/kv_cache.h"
+#include "engine/kv/prefix_cache.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
 
@@ -44,6 +55,14 @@ struct SchedulerOptions {
   // How long the blocks and state slot of a request whose transfer could not be fenced (see
   // Landed) stay out of use before they are reused anyway.
   absl::Duration quarantine = absl::Minutes(5);
+  // Prefix reuse (off: nothing is kept).
+  bool prefix_cache = true;
+  engine::PrefixCacheOptions cache;
+  int64_t checkpoint_every = 16;
+  uint64_t model_identity = 0;  // Checkpoint::identity(), for the block keys
+  // A request meant for remote prefill is computed here instead when its prompt, past what this
+  // worker has cached, is at most this long.
+  int64_t local_prefill_limit = 2048;
 };
 
 struct Request {
@@ -56,6 +75,7 @@ struct Request {
   // Prompt tokens [0, remote_prefill_tokens) are computed by someone else and land in the
   // reserved blocks; 0 = compute the whole prompt here. At most prompt.size() − 1.
   int64_t remote_prefill_tokens = 0;
+  std::string cache_namespace;  // whose prefix cache it may use (its tenant's)
 };
 
 enum class Finish { kNone, kStop, kLength };
@@ -66,11 +86,29 @@ struct Event {
   bool done = false;
   Finish finish = Finish::kNone;
   absl::Status status;  // with done: OK, Cancelled, or what failed
+  int64_t cached_tokens = 0;  // with done: prompt tokens whose KV was reused, not computed
 };
 
 struct Admission {
   std::vector<int32_t> blocks;  // block ids covering the prompt (and the generation after it)
-  int32_t landing_slot = -1;    // index into landing_memory(): where the state record goes
+  int32_t landing_slot = -1;
+  // Byte offsets into landing_memory(): where the state record goes, and the checkpoint at the
+  // prompt's last full block.
+  int64_t state_offset = 0, checkpoint_offset = 0;
+};
+
+// How a remote prefill ended (Scheduler::Landed).
+struct Landing {
+  absl::Status status;  // OK: the request's blocks and state landed
+  // What the prefill worker spent waiting for its pushes (PrefillReply).
+  double transfer_wait_ms = 0;
+  // No put of that transfer can land any more (its grants were revoked where the transport
+  // enforces them, or the prefill worker said it has settled). When false, the request's blocks
+  // and state slot are quarantined for `quarantine` instead of being reused at once, since a
+  // cancelled, hung or dead sender may still have puts on their way.
+  bool fenced = true;
+  int64_t cached_tokens = 0;      // prompt tokens the prefill worker resumed from its cache
+  int64_t checkpoint_tokens = 0;  // position of the checkpoint it put (0: none)
 };
 
 struct Callbacks {
@@ -90,6 +128,8 @@ struct SchedulerStats {
   // this worker's verification of the landed records.
   int64_t handoffs = 0;
   double handoff_seconds = 0;
+  engine::PrefixCacheStats prefix;
+  int64_t local_resumes = 0;  // requests computed here from a cached prefix, not prefilled remotely
 };
 
 class Scheduler {
@@ -106,15 +146,14 @@ class Scheduler {
   // Ends the request with Cancelled (a landing request once its transfer has settled).
   void Cancel(const std::string& id);
   // The remote prefill of `id` finished (OK: its blocks and state landed) or failed.
-  // `transfer_wait_ms`: what the prefill worker spent waiting for its pushes (PrefillReply).
-  // `fenced`: no put of that transfer can land any more (its grants were revoked where the
-  // transport enforces them, or the prefill worker said it has settled). When false, the
-  // request's blocks and state slot are quarantined for `quarantine` instead of being reused at
-  // once, since a cancelled, hung or dead sender may still have puts on their way.
-  void Landed(const std::string& id, absl::Status status, double transfer_wait_ms = 0, bool fenced = true);
+  void Landed(const std::string& id, Landing landing);
+  void Landed(const std::string& id, absl::Status status, double transfer_wait_ms = 0, bool fenced = true) {
+    Landed(id, Landing{.status = std::move(status), .transfer_wait_ms = transfer_wait_ms, .fenced = fenced});
+  }
 
   SchedulerStats stats() const;
-  // State landing slots, for registering with a transport: max_batch slots of state_bytes.
+  // State landing slots, for registering with a transport: max_batch slots of state_bytes for the
+  // final states, then max_batch more for the checkpoints.
   uint8_t* landing_memory() { return landing_.data(); }
   size_t landing_bytes() const { return landing_.size(); }
   int64_t state_bytes() const { return pool_.layout().state_bytes(); }
@@ -130,22 +169,21 @@ class Scheduler {
     int32_t landing_slot = -1;
     int64_t generated = 0;
     int32_t next_token = -1;  // sampled, not yet fed
+    std::vector<int32_t> generated_tokens;
     bool cancelled = false;
-    absl::Status landed;      // set by Landed()
+    Landing landed;           // set by Landed()
     bool has_landed = false;
-    bool fenced = true;       // likewise
-    double transfer_wait_ms = 0;
+    bool cacheable = false;   // its blocks hold valid KV up to cache.position
+    int64_t cached_tokens = 0;
+    engine::CheckpointPlan plan;
+    // Checkpoints taken (position, state): periodic ones, and the latest block end reached.
+    std::vector<std::pair<int64_t, std::vector<uint8_t>>> checkpoints;
+    std::pair<int64_t, std::vector<uint8_t>> latest;
   };
   struct Inbox {
     std::vector<std::unique_ptr<Sequence>> submitted;
     std::vector<std::string> cancelled;
-    struct Landing {
-      std::string id;
-      absl::Status status;
-      double transfer_wait_ms;
-      bool fenced;
-    };
-    std::vector<Landing> landed;
+    std::vector<std::pair<std::string, Landing>> landed;
   };
 
   void Loop();
@@ -157,6 +195,13 @@ class Scheduler {
   void End(Sequence& s, Finish finish, absl::Status status);
   int64_t BlocksNeeded(const Request& r) const;
   void ReleaseQuarantined(bool all);
+  // Admits `s` from its cached prefix, if the cache has one worth using; false otherwise (then
+  // nothing changed).
+  bool AdmitFromCache(Sequence& s);
+  // After a step: the checkpoint at a block end `s` has just reached.
+  void TakeCheckpoint(Sequence& s);
+  void CacheFinished(Sequence& s);
+  int64_t AvailableBlocks() const;  // free, plus what the prefix cache can give back
 
   engine::Model& model_;
   engine::KvPool& pool_;
@@ -179,6 +224,9 @@ class Scheduler {
     absl::Time until;
   };
   std::vector<Quarantined> quarantined_;
+  std::unique_ptr<engine::PrefixCache> cache_;  // null with prefix_cache off
+  const engine::KeyScope scope_;
+  int64_t local_resumes_ = 0;
   int64_t steps_ = 0, generated_total_ = 0, handoffs_ = 0;
   double handoff_seconds_ = 0;
   std::thread thread_;

@@ -24,6 +24,8 @@ class PrefillReactor final : public grpc::ServerUnaryReactor {
     job.target.block_bytes = t.block_bytes();
     job.target.blocks.assign(t.block_ids().begin(), t.block_ids().end());
     job.target.state = {t.state().address(), t.state().length(), t.state().key()};
+    job.target.checkpoint = {t.checkpoint().address(), t.checkpoint().length(), t.checkpoint().key()};
+    job.cache_namespace = request.cache_namespace();
     job.done = [this, context, reply](absl::StatusOr<PrefillResult> result) {
       // Every put of the job has settled (nothing more will land at the target) unless the worker
       // says otherwise: the decode worker may then reuse the target at once.
@@ -38,6 +40,8 @@ class PrefillReactor final : public grpc::ServerUnaryReactor {
       reply->set_kv_bytes(result->kv_bytes);
       reply->set_compute_ms(result->compute_ms);
       reply->set_transfer_wait_ms(result->transfer_wait_ms);
+      reply->set_cached_tokens(result->cached_tokens);
+      reply->set_checkpoint_tokens(result->checkpoint_tokens);
       Finish(grpc::Status::OK);
     };
     absl::Status s = worker_.Submit(std::move(job));

@@ -14,44 +14,6 @@ namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 
-// Counts one job's transfers in flight; completions may outlive the job's step, so it is shared.
-class Tracker : public std::enable_shared_from_this<Tracker> {
- public:
-  transport::Completion Add() {
-    absl::MutexLock lock(&mu_);
-    ++pending_;
-    return [self = shared_from_this()](absl::Status s) { self->Done(std::move(s)); };
-  }
-  // Waits for every transfer issued so far; the first error, or DeadlineExceeded.
-  absl::Status Wait(absl::Duration timeout) {
-    absl::MutexLock lock(&mu_);
-    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pending_ == 0; };
-    if (!mu_.AwaitWithTimeout(absl::Condition(&idle), timeout)) {
-      return absl::DeadlineExceededError(absl::StrCat(pending_, " KV transfers did not complete within ",
-                                                      absl::FormatDuration(timeout)));
-    }
-    return first_error_;
-  }
-  void Fail(absl::Status s) {
-    absl::MutexLock lock(&mu_);
-    if (first_error_.ok()) first_error_ = std::move(s);
-  }
-  int64_t pending() {
-    absl::MutexLock lock(&mu_);
-    return pending_;
-  }
-
- private:
-  void Done(absl::Status s) {
-    absl::MutexLock lock(&mu_);
-    if (!s.ok() && first_error_.ok()) first_error_ = std::move(s);
-    --pending_;
-  }
-  absl::Mutex mu_;
-  int64_t pending_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Status first_error_ ABSL_GUARDED_BY(mu_);
-};
-
 constexpr absl::Duration kTransferTimeout = absl::Seconds(60);
 
 }  // namespace
@@ -60,15 +22,23 @@ struct PrefillWorker::Running {
   Job job;
   engine::SequenceCache cache;
   int32_t staging_slot = -1;
-  std::shared_ptr<transport::Endpoint> endpoint;
-  // Shared with the completions of its transfers, which may outlive a job that timed out.
-  std::shared_ptr<Tracker> tracker = std::make_shared<Tracker>();
+  std::unique_ptr<PushSink> sink;
+  std::vector<engine::BlockKey> keys;  // of the prompt's full blocks (prefix cache on)
+  engine::CheckpointPlan plan;
+  int64_t cached_blocks = 0;           // shared from the prefix cache; computing resumed there
+  std::vector<uint8_t> resumed_state;  // the checkpoint it resumed from, until pushed
+  bool resumed_pushed = false;
+  std::vector<std::pair<int64_t, std::vector<uint8_t>>> checkpoints;  // (position, state) to cache
   bool cancelled = false;
   bool passed_over = false;                 // had tokens left but none in the last step
+  bool put_this_round = false;              // has puts to wait for before the next step
+  uint64_t bytes_counted = 0;               // of sink->bytes(), in stats_ already
+  int64_t checkpoint_sent = 0;              // position of the checkpoint put to the target
   int64_t step_start = 0, step_tokens = 0;  // this step's slice of the prompt
   double compute_ms = 0;
   double wait_ms = 0;
-  uint64_t bytes = 0;
+
+  int64_t total() const { return static_cast<int64_t>(job.tokens.size()); }
 };
 
 absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(engine::Model& model, engine::KvPool& pool,
@@ -87,7 +57,9 @@ PrefillWorker::PrefillWorker(engine::Model& model, engine::KvPool& pool, transpo
       pool_(pool),
       transport_(transport),
       options_(options),
-      staging_(static_cast<size_t>(options.max_running * pool.layout().state_bytes())) {
+      staging_(static_cast<size_t>(options.max_running * 2 * pool.layout().state_bytes())),
+      cache_(options.prefix_cache ? std::make_unique<engine::PrefixCache>(pool, options.cache) : nullptr),
+      scope_{options.model_identity, pool.layout().fingerprint()} {
   for (int32_t i = static_cast<int32_t>(options.max_running) - 1; i >= 0; --i) free_staging_.push_back(i);
 }
 
@@ -97,6 +69,8 @@ PrefillWorker::~PrefillWorker() {
     stop_ = true;
   }
   if (thread_.joinable()) thread_.join();
+  // Blocks still read by unsettled puts go with the pool; the cache's references first.
+  cache_.reset();
 }
 
 absl::Status PrefillWorker::Submit(Job job) {
@@ -109,7 +83,8 @@ absl::Status PrefillWorker::Submit(Job job) {
                                                    " (different models?)"));
   }
   if (job.target.block_bytes != static_cast<uint64_t>(layout.block_bytes()) ||
-      job.target.state.length != static_cast<uint64_t>(layout.state_bytes())) {
+      job.target.state.length != static_cast<uint64_t>(layout.state_bytes()) ||
+      (job.target.checkpoint.length != 0 && job.target.checkpoint.length != static_cast<uint64_t>(layout.state_bytes()))) {
     return absl::InvalidArgumentError("KV target block or state size does not match this worker's layout");
   }
   if (static_cast<int64_t>(job.target.blocks.size()) < layout.BlocksFor(n)) {
@@ -210,11 +185,46 @@ void PrefillWorker::Admit() {
   const engine::KvLayout& layout = pool_.layout();
   while (!waiting_.empty() && !free_staging_.empty()) {
     Job& job = waiting_.front();
-    const int64_t need = layout.BlocksFor(static_cast<int64_t>(job.tokens.size()));
-    if (need > pool_.free_blocks()) break;
+    const int64_t n = static_cast<int64_t>(job.tokens.size());
+    std::vector<engine::BlockKey> keys;
+    engine::PrefixHit hit;
+    if (cache_ != nullptr) {
+      keys = engine::PrefixBlockKeys(scope_, job.cache_namespace, job.tokens);
+      hit = cache_->Match(keys, static_cast<int64_t>(keys.size()));
+    }
+    const int64_t need = layout.BlocksFor(n) - static_cast<int64_t>(hit.blocks.size());
+    if (need > pool_.free_blocks() && cache_ != nullptr) cache_->Evict(need - pool_.free_blocks());
+    if (need > pool_.free_blocks()) {
+      for (int32_t b : hit.blocks) pool_.Free(b);
+      break;
+    }
     auto r = std::make_unique<Running>();
-    r->cache = model_.NewSequence();
-    for (int64_t i = 0; i < need; ++i) r->cache.blocks.push_back(*pool_.Allocate());
+    r->keys = std::move(keys);
+    // Checkpoints every `checkpoint_every` blocks, spaced out further for a prompt whose
+    // checkpoints would take more than a quarter of the cache's budget for them.
+    const int64_t budget_states =
+        std::max<int64_t>(1, options_.cache.max_checkpoint_bytes / 4 / std::max<int64_t>(1, layout.state_bytes()));
+    r->plan.every = cache_ == nullptr ? 0  // only the prompt's last full block, for the decode worker
+                                      : std::max(options_.checkpoint_every,
+                                                 (static_cast<int64_t>(r->keys.size()) + budget_states - 1) / budget_states);
+    if (!hit.blocks.empty()) {
+      absl::StatusOr<engine::SequenceCache> resumed = model_.ResumeSequence(hit.blocks, hit.checkpoint);
+      if (resumed.ok()) {
+        r->cache = std::move(*resumed);
+        r->cached_blocks = static_cast<int64_t>(r->cache.blocks.size());
+        r->resumed_state = std::move(hit.checkpoint);
+      } else {
+        spdlog::warn("request {}: {}; computing the whole prompt", job.id, resumed.status().ToString());
+        r->cache = model_.NewSequence();
+        r->resumed_pushed = true;
+      }
+    } else {
+      r->cache = model_.NewSequence();
+      r->resumed_pushed = true;  // nothing resumed
+    }
+    while (static_cast<int64_t>(r->cache.blocks.size()) < layout.BlocksFor(n)) {
+      r->cache.blocks.push_back(*pool_.Allocate());
+    }
     r->staging_slot = free_staging_.back();
     free_staging_.pop_back();
     r->job = std::move(job);
@@ -223,17 +233,52 @@ void PrefillWorker::Admit() {
       absl::MutexLock lock(&mu_);
       --queued_;
       stats_.queued = queued_;  // its tokens stay in queued_tokens until computed
+      // The resumed ones need no computing.
+      stats_.queued_tokens -= r->cache.position;
       stats_.running = static_cast<int64_t>(running_.size()) + 1;
     }
     auto ep = EndpointFor(r->job.target.transport_address);
+    r->sink = std::make_unique<PushSink>(ep.ok() ? *ep : nullptr, r->job.target, Staging(r->staging_slot),
+                                         layout.state_bytes());
     running_.push_back(std::move(r));
     if (!ep.ok()) {
       Complete(*running_.back(), Annotate(ep.status(), "connecting to the decode worker"));
       running_.pop_back();
       continue;
     }
-    running_.back()->endpoint = *ep;
   }
+}
+
+void PrefillWorker::PushResumed(Running& r) {
+  r.resumed_pushed = true;
+  const engine::KvLayout& layout = pool_.layout();
+  std::vector<engine::KvPage> pages;
+  for (int64_t b = 0; b < r.cached_blocks; ++b) {
+    pages.push_back({pool_.block(r.cache.blocks[static_cast<size_t>(b)]), b, 0, layout.block_bytes()});
+  }
+  r.sink->PutPages(pages);
+  TakeStates(r);
+  r.put_this_round = true;
+}
+
+void PrefillWorker::TakeStates(Running& r) {
+  const int64_t position = r.cache.position;
+  const bool resumed_here = position == r.cached_blocks * engine::kBlockTokens && !r.resumed_state.empty();
+  std::vector<uint8_t> resumed = std::move(r.resumed_state);
+  r.resumed_state.clear();
+  if (!r.plan.Due(position, r.total())) {
+    if (position == r.total()) r.sink->PutState(model_.SnapshotState(r.cache), engine::KvStateKind::kFinal);
+    return;
+  }
+  std::vector<uint8_t> state = resumed_here ? std::move(resumed) : model_.SnapshotState(r.cache);
+  // The decode worker keeps the checkpoint at the prompt's last full block: the next turn of a
+  // conversation resumes there without a transfer.
+  if (position == r.total() / engine::kBlockTokens * engine::kBlockTokens) {
+    r.sink->PutState(state, engine::KvStateKind::kCheckpoint);
+    r.checkpoint_sent = position;
+  }
+  if (position == r.total()) r.sink->PutState(state, engine::KvStateKind::kFinal);
+  if (cache_ != nullptr && !resumed_here) r.checkpoints.emplace_back(position, std::move(state));
 }
 
 void PrefillWorker::RunStep() {
@@ -241,14 +286,16 @@ void PrefillWorker::RunStep() {
   std::vector<engine::StepInput> inputs;
   std::vector<Running*> in_step;
   for (auto& r : running_) {
-    if (r->endpoint == nullptr) {  // its endpoint was dropped after another job's pushes timed out
+    if (!r->sink->attached()) {  // its endpoint was dropped after another job's pushes timed out
       auto ep = EndpointFor(r->job.target.transport_address);
       if (!ep.ok()) {
         Complete(*r, Annotate(ep.status(), "reconnecting to the decode worker"));
         continue;
       }
-      r->endpoint = *ep;
+      r->sink->Attach(*ep);
     }
+    r->put_this_round = false;
+    if (!r->resumed_pushed) PushResumed(*r);
   }
   std::erase_if(running_, [](const auto& r) { return r == nullptr; });
   PlanStep();
@@ -258,20 +305,15 @@ void PrefillWorker::RunStep() {
     inputs.push_back({&r->cache, absl::MakeConstSpan(r->job.tokens).subspan(static_cast<size_t>(r->cache.position), static_cast<size_t>(n)), false});
     in_step.push_back(r.get());
   }
-  if (inputs.empty()) return;
 
   // Ranges of each touched block, sent as one PutMany per job (one completion, one flush).
-  std::vector<transport::PutSpan> spans;
+  std::vector<engine::KvPage> pages;
   auto add_range = [&](Running& r, int64_t block, int64_t offset, int64_t bytes) {
-    const uint8_t* local = pool_.block(r.cache.blocks[static_cast<size_t>(block)]) + offset;
-    const uint64_t remote = static_cast<uint64_t>(r.job.target.blocks[static_cast<size_t>(block)]) * r.job.target.block_bytes +
-                            static_cast<uint64_t>(offset);
-    spans.push_back({local, static_cast<size_t>(bytes), remote});
-    r.bytes += static_cast<uint64_t>(bytes);
+    pages.push_back({pool_.block(r.cache.blocks[static_cast<size_t>(block)]) + offset, block, offset, bytes});
   };
-  auto put_spans = [&](Running& r) {
-    if (!spans.empty()) r.endpoint->PutMany(spans, r.job.target.pool, r.tracker->Add());
-    spans.clear();
+  auto put_pages = [&](Running& r) {
+    if (!pages.empty()) r.sink->PutPages(pages);
+    pages.clear();
   };
   // Pushes layer `l`'s pages of the blocks this step touched, for every job in the step.
   auto push_layer = [&](int64_t l) {
@@ -284,65 +326,71 @@ void PrefillWorker::RunStep() {
         if (kv.main_entries > 0) add_range(*r, b, kv.main_offset, kv.main_entries * layout.main_entry_bytes());
         if (kv.indexer_entries > 0) add_range(*r, b, kv.indexer_offset, kv.indexer_entries * layout.indexer_entry_bytes());
       }
-      put_spans(*r);
+      put_pages(*r);
     }
   };
   engine::LayerObserver observer = [&](int64_t layer, const float*, int64_t) {
     if (layer > 0) push_layer(layer - 1);
   };
 
-  const auto step_begin = SteadyClock::now();
-  absl::Status status = model_.Step(inputs, nullptr, observer);
-  const auto step_end = SteadyClock::now();
-  const double step_ms = std::chrono::duration<double, std::milli>(step_end - step_begin).count();
-  if (status.ok()) {
-    double tokens = 0, token_positions = 0;
-    for (Running* r : in_step) {
-      const double n = static_cast<double>(r->step_tokens);
-      tokens += n;
-      token_positions += n * (static_cast<double>(r->step_start) + n / 2);
+  absl::Status status;
+  double step_ms = 0;
+  if (!inputs.empty()) {
+    const auto step_begin = SteadyClock::now();
+    status = model_.Step(inputs, nullptr, observer);
+    step_ms = std::chrono::duration<double, std::milli>(SteadyClock::now() - step_begin).count();
+    if (status.ok()) {
+      double tokens = 0, token_positions = 0;
+      for (Running* r : in_step) {
+        const double n = static_cast<double>(r->step_tokens);
+        tokens += n;
+        token_positions += n * (static_cast<double>(r->step_start) + n / 2);
+      }
+      cost_.Observe(tokens, token_positions, step_ms);
     }
-    cost_.Observe(tokens, token_positions, step_ms);
   }
   int64_t computed = 0;
   for (Running* r : in_step) {
+    r->put_this_round = true;
     if (!status.ok()) {
-      r->tracker->Fail(Annotate(status, "model step"));
+      r->sink->Fail(Annotate(status, "model step"));
       continue;
     }
     r->compute_ms += step_ms;
     computed += r->step_tokens;
-    // The headers Step just sealed, then (last step) the state slot: after the pages they cover.
+    // The headers Step just sealed, then the states due here: after the pages they cover.
     const int64_t first = r->step_start / engine::kBlockTokens;
     const int64_t last = (r->step_start + r->step_tokens - 1) / engine::kBlockTokens;
     for (int64_t b = first; b <= last; ++b) add_range(*r, b, 0, engine::kKvHeaderBytes);
-    put_spans(*r);
-    if (r->cache.position == static_cast<int64_t>(r->job.tokens.size())) {
-      uint8_t* staged = staging_.data() + static_cast<size_t>(r->staging_slot) * static_cast<size_t>(layout.state_bytes());
-      std::memcpy(staged, r->cache.state.data(), static_cast<size_t>(layout.state_bytes()));
-      r->endpoint->Put(staged, static_cast<size_t>(layout.state_bytes()), r->job.target.state, 0, r->tracker->Add());
-      r->bytes += static_cast<uint64_t>(layout.state_bytes());
-    }
+    put_pages(*r);
+    TakeStates(*r);
   }
   uint64_t bytes = 0;
-  (void)step_end;
-  for (Running* r : in_step) {
+  for (auto& slot : running_) {
+    Running* r = slot.get();
+    if (r == nullptr || !r->put_this_round) continue;
     const auto wait_begin = SteadyClock::now();
-    absl::Status landed = r->tracker->Wait(kTransferTimeout);
+    absl::Status landed = r->sink->Wait(kTransferTimeout);
     r->wait_ms += std::chrono::duration<double, std::milli>(SteadyClock::now() - wait_begin).count();
-    bytes += r->bytes;
+    bytes += r->sink->bytes() - r->bytes_counted;
+    r->bytes_counted = r->sink->bytes();
     if (!landed.ok()) {
       // Reconnect next time. Every job's hold on this endpoint goes, so that its destruction
       // completes (fails) whatever is still stuck in it and the local blocks can come back.
       const std::string address = r->job.target.transport_address;
       endpoints_.erase(address);
       for (auto& other : running_) {
-        if (other != nullptr && other->job.target.transport_address == address) other->endpoint.reset();
+        if (other != nullptr && other->job.target.transport_address == address) other->sink->Detach();
       }
       Complete(*r, Annotate(landed, "pushing KV to the decode worker"));
-    } else if (r->cache.position == static_cast<int64_t>(r->job.tokens.size())) {
-      PrefillResult result{.tokens = r->cache.position, .kv_bytes = r->bytes, .compute_ms = r->compute_ms,
+    } else if (r->cache.position == r->total()) {
+      PrefillResult result{.tokens = r->cache.position,
+                           .cached_tokens = r->cached_blocks * engine::kBlockTokens,
+                           .checkpoint_tokens = r->checkpoint_sent,
+                           .kv_bytes = r->sink->bytes(),
+                           .compute_ms = r->compute_ms,
                            .transfer_wait_ms = r->wait_ms};
+      CacheFinished(*r);
       r->job.done(result);
       r->job.done = nullptr;
       Complete(*r, absl::OkStatus());
@@ -354,6 +402,16 @@ void PrefillWorker::RunStep() {
   stats_.queued_tokens -= computed;
   stats_.kv_bytes_sent += bytes;
   stats_.running = static_cast<int64_t>(running_.size());
+  if (cache_ != nullptr) stats_.prefix = cache_->stats();
+}
+
+void PrefillWorker::CacheFinished(Running& r) {
+  if (cache_ == nullptr) return;
+  cache_->Insert(r.keys, absl::MakeConstSpan(r.cache.blocks).subspan(0, r.keys.size()));
+  for (auto& [position, state] : r.checkpoints) {
+    cache_->InsertCheckpoint(r.keys[static_cast<size_t>(position / engine::kBlockTokens - 1)], std::move(state));
+  }
+  r.checkpoints.clear();
 }
 
 void PrefillWorker::ReapDrained() {
@@ -365,15 +423,13 @@ void PrefillWorker::ReapDrained() {
   });
 }
 
-// Ends `r` (its transfers have settled, or it goes to draining_): returns its blocks and staging slot; reports `status`
-// unless the job already reported success. Nulls its entry in running_ (callers erase).
 void PrefillWorker::PlanStep() {
   std::vector<Running*> order;
   for (auto& r : running_) {
     r->step_tokens = 0;
-    if (r->cache.position < static_cast<int64_t>(r->job.tokens.size())) order.push_back(r.get());
+    if (r->cache.position < r->total()) order.push_back(r.get());
   }
-  auto remaining = [](const Running* r) { return static_cast<int64_t>(r->job.tokens.size()) - r->cache.position; };
+  auto remaining = [](const Running* r) { return r->total() - r->cache.position; };
   std::stable_sort(order.begin(), order.end(), [&](const Running* x, const Running* y) {
     if (x->passed_over != y->passed_over) return x->passed_over;
     return remaining(x) < remaining(y);
@@ -382,7 +438,9 @@ void PrefillWorker::PlanStep() {
   double ms_left = options_.step_target_ms > 0 ? options_.step_target_ms : 1e300;
   constexpr int64_t kMinChunk = 16;  // below this a step's fixed costs dominate
   for (Running* r : order) {
-    const int64_t want = std::min(remaining(r), tokens_left);
+    // A step ends at the job's next checkpoint position, so the state there can be taken.
+    const int64_t until = r->plan.ChunkEnd(r->cache.position, r->total());
+    const int64_t want = std::min(until - r->cache.position, tokens_left);
     int64_t n = cost_.TokensWithin(ms_left, r->cache.position, want);
     if (n < std::min(want, kMinChunk)) {
       // Over the time budget: the first job still makes progress; the rest wait a step.
@@ -401,16 +459,19 @@ void PrefillWorker::PlanStep() {
   }
 }
 
+// Ends `r` (its transfers have settled, or it goes to draining_): returns its blocks and staging
+// slot; reports `status` unless the job already reported success. Nulls its entry in running_
+// (callers erase).
 void PrefillWorker::Complete(Running& r, absl::Status status) {
   {
     // Whatever of its prompt was not computed leaves the queue with it.
     absl::MutexLock lock(&mu_);
-    stats_.queued_tokens -= static_cast<int64_t>(r.job.tokens.size()) - r.cache.position;
+    stats_.queued_tokens -= r.total() - r.cache.position;
   }
-  if (r.tracker->pending() > 0) {
+  if (r.sink != nullptr && r.sink->Pending() > 0) {
     // Puts of it may still read these blocks (and land at the target): keep the blocks until they
     // settle, and tell the decode worker its target is not fenced.
-    draining_.push_back({std::move(r.cache), r.staging_slot, [t = r.tracker] { return t->pending(); }});
+    draining_.push_back({std::move(r.cache), r.staging_slot, r.sink->PendingProbe()});
     r.cache = engine::SequenceCache();
     r.staging_slot = -1;
     if (!status.ok()) status.SetPayload(kUnsettledPayload, absl::Cord("1"));

@@ -1,10 +1,18 @@
 // The prefill worker's loop: it batches prompt chunks of several requests into each Model::Step
 // (short prompts first, every step cut to a time budget so none waits behind a long prompt),
 // builds the compressed KV in its own pool, and pushes every layer's finished pages into the
-// decode worker's registered blocks as soon as that layer is done — while the later layers of the
-// same step still compute. After each step the touched blocks' sealed headers follow; after the
-// last one the state slot (window + compressor carry). The job completes when every byte has
-// landed: that completion is what tells the decode worker to start.
+// decode worker's registered blocks (a KvSink: prefill/push_sink.h) as soon as that layer is done
+// — while the later layers of the same step still compute. After each step the touched blocks'
+// sealed headers follow; after the last one the state slot (window + compressor carry). The job
+// completes when every byte has landed: that completion is what tells the decode worker to start.
+//
+// Prefix reuse: the worker keeps finished full blocks in its pool (engine::PrefixCache, LRU, in
+// whatever the running jobs leave free) under keys scoped by the job's cache namespace, with
+// boundary checkpoints every `checkpoint_every` blocks and at each prompt's last full block. A job
+// whose prompt starts with cached blocks shares them, resumes at the deepest checkpoint and
+// computes only the rest; the cached blocks are pushed whole. Steps are cut at checkpoint
+// positions so the state there can be taken (the engine is chunk-invariant: the KV and the
+// output are the same bits as a cold run).
 //
 // Threading: Submit/Cancel/stats from any thread; one internal thread runs the loop and calls
 // `done` (which must not block).
@@ -22,25 +30,20 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/kv/block_key.h"
 #include "engine/kv/kv_cache.h"
+#include "engine/kv/prefix_cache.h"
 #include "engine/model.h"
+#include "prefill/push_sink.h"
 #include "prefill/step_cost.h"
 #include "transport/transport.h"
 
 namespace strata::prefill {
 
-// Where a request's KV goes: a decode worker's registered pool and one of its state slots.
-struct KvTarget {
-  std::string transport_address;
-  uint64_t layout_fingerprint = 0;
-  transport::RemoteRegion pool;
-  uint64_t block_bytes = 0;
-  std::vector<int32_t> blocks;   // remote block ids in token order
-  transport::RemoteRegion state; // exactly one state record
-};
-
 struct PrefillResult {
   int64_t tokens = 0;
+  int64_t cached_tokens = 0;    // of them, resumed from the prefix cache (not computed)
+  int64_t checkpoint_tokens = 0;  // position of the checkpoint put to the target (0: none)
   uint64_t kv_bytes = 0;
   double compute_ms = 0;        // time in Model::Step for this job's steps
   // Time spent waiting for pushes after compute (every chunk's tail, the last one included): the
@@ -55,6 +58,7 @@ inline constexpr absl::string_view kUnsettledPayload = "strata.dev/prefill-unset
 struct Job {
   std::string id;
   std::vector<int32_t> tokens;  // computed from position 0
+  std::string cache_namespace;  // whose prefix cache it may use (its tenant's)
   KvTarget target;
   std::function<void(absl::StatusOr<PrefillResult>)> done;
 };
@@ -67,6 +71,11 @@ struct PrefillOptions {
   // tokens per step, so the others sharing the worker — and a cancellation — wait at most about
   // one such step. 0: chunk_tokens alone bounds a step.
   double step_target_ms = 250;
+  // Prefix reuse (off: every prompt is computed whole and nothing is kept).
+  bool prefix_cache = true;
+  engine::PrefixCacheOptions cache;
+  int64_t checkpoint_every = 16;  // blocks between boundary checkpoints
+  uint64_t model_identity = 0;    // Checkpoint::identity(), for the block keys
 };
 
 struct PrefillStats {
@@ -77,6 +86,7 @@ struct PrefillStats {
   int64_t total_blocks = 0;
   uint64_t kv_bytes_sent = 0;
   int64_t tokens_computed = 0;
+  engine::PrefixCacheStats prefix;
 };
 
 class PrefillWorker {
@@ -105,14 +115,24 @@ class PrefillWorker {
   // before all), within chunk_tokens and the step's time budget.
   void PlanStep();
   void ReapDrained();
+  // Pushes what a newly admitted job resumed from the cache: its shared blocks whole, and the
+  // checkpoint (and final state) if it resumed right there.
+  void PushResumed(Running& r);
+  // After a step that ended at `r`'s position: its checkpoint and final state.
+  void TakeStates(Running& r);
+  void CacheFinished(Running& r);
   absl::StatusOr<std::shared_ptr<transport::Endpoint>> EndpointFor(const std::string& address);
+  uint8_t* Staging(int32_t slot) {
+    return staging_.data() + static_cast<size_t>(slot) * 2 * static_cast<size_t>(pool_.layout().state_bytes());
+  }
 
   engine::Model& model_;
   engine::KvPool& pool_;
   transport::Transport& transport_;
   const PrefillOptions options_;
   std::unique_ptr<transport::MemoryRegistration> pool_registration_;
-  std::vector<uint8_t> staging_;  // max_running state slots, registered: the state goes out from here
+  // max_running × 2 state records, registered: a job's final state and checkpoint go out from here.
+  std::vector<uint8_t> staging_;
   std::unique_ptr<transport::MemoryRegistration> staging_registration_;
 
   mutable absl::Mutex mu_;
@@ -126,6 +146,8 @@ class PrefillWorker {
   std::deque<Job> waiting_;
   std::vector<std::unique_ptr<Running>> running_;
   StepCostModel cost_;
+  std::unique_ptr<engine::PrefixCache> cache_;  // null with prefix_cache off
+  const engine::KeyScope scope_;
   // Local blocks of jobs that ended with puts still reading them: returned once those settle.
   struct Draining {
     engine::SequenceCache cache;

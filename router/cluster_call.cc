@@ -1,5 +1,6 @@
 #include "router/cluster_call.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -166,6 +167,7 @@ void ClusterCall::StartAttempt() {
     attempt->prefill_id = route->prefill->id;
   }
   r.set_traceparent(request_.traceparent);
+  r.set_cache_namespace(CacheNamespace(request_));
   if (!request_.traceparent.empty()) attempt->context.AddMetadata("traceparent", request_.traceparent);
   attempt->context.AddMetadata("x-request-id", request_.request_id);
   attempt->context.set_deadline(absl::ToChronoTime(deadline_));
@@ -196,7 +198,10 @@ void ClusterCall::OnStreamEvent(Attempt& attempt, const v1::TokenEvent& event) {
     absl::MutexLock lock(&mu_);
     attempt.last_event = cluster_.clock().Now();
     if (event.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) finish_ = FromProto(event.finish_reason());
-    cached_ = event.cached_tokens();
+    // Of the client's prompt: a request that moved resent its streamed tokens as prompt too.
+    if (event.finish_reason() != v1::FINISH_REASON_UNSPECIFIED || event.cached_tokens() > 0) {
+      cached_ = std::min<int64_t>(event.cached_tokens(), static_cast<int64_t>(request_.prompt.size()));
+    }
     streamed_.insert(streamed_.end(), e.tokens.begin(), e.tokens.end());
   }
   // Tokens, or a keep-alive (nothing yet); a last event carrying only the finish reason waits for

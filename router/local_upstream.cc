@@ -39,6 +39,7 @@ std::unique_ptr<UpstreamCall> LocalUpstream::Start(UpstreamRequest request,
   r.sampling = request.sampling;
   r.ignore_eos = request.ignore_eos;
   r.logprobs = request.logprobs >= 0;
+  r.cache_namespace = CacheNamespace(request);
   auto sink = std::make_shared<std::function<void(UpstreamEvent)>>(std::move(on_event));
   decode::Callbacks callbacks;
   callbacks.on_event = [sink](decode::Event e) {
@@ -48,6 +49,7 @@ std::unique_ptr<UpstreamCall> LocalUpstream::Start(UpstreamRequest request,
     u.done = e.done;
     u.finish = Convert(e.finish);
     u.status = std::move(e.status);
+    u.cached_tokens = e.cached_tokens;
     (*sink)(std::move(u));
   };
   absl::Status s = scheduler_.Submit(std::move(r), std::move(callbacks));

@@ -33,6 +33,10 @@ struct UpstreamRequest {
   int32_t logprobs = -1;          // -1: none; 0: the sampled token's logprob
 };
 
+// The prefix-cache namespace a request's KV blocks are keyed under (engine/kv/block_key.h): its
+// tenant's own, so no request ever reuses another tenant's blocks.
+inline const std::string& CacheNamespace(const UpstreamRequest& r) { return r.tenant; }
+
 enum class FinishReason { kNone, kStop, kLength };
 
 struct UpstreamEvent {

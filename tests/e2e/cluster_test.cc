@@ -248,6 +248,25 @@ class ClusterTest : public ::testing::Test {
     return out;
   }
 
+  // `strata generate`'s greedy text for `args` (--prompt ..., --chat ..., --prompt-ids ...).
+  static std::string Generate(const std::vector<std::string>& args, int max_tokens) {
+    std::vector<std::string> argv = {Strata(), "generate", "--model", *model_, "--max-tokens",
+                                     std::to_string(max_tokens), "--threads", "1"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    int rc = 0;
+    const std::string out = *dir_ + "/generate.out";
+    // stdout only: generate's statistics go to stderr.
+    std::string sh = absl::StrCat("exec \"$@\" > ", out, " 2> ", *dir_, "/generate.err");
+    std::vector<std::string> wrapped = {"sh", "-c", sh, "sh"};
+    wrapped.insert(wrapped.end(), argv.begin(), argv.end());
+    RunCapture(wrapped, *dir_ + "/generate.log", &rc);
+    EXPECT_EQ(rc, 0) << ReadWholeFile(*dir_ + "/generate.err");
+    std::string text = ReadWholeFile(out);
+    EXPECT_TRUE(!text.empty() && text.back() == '\n');
+    if (!text.empty()) text.pop_back();
+    return text;
+  }
+
   static std::vector<int32_t> Ids(int n, uint32_t seed) {
     std::vector<int32_t> ids;
     uint64_t s = seed;
@@ -305,20 +324,32 @@ TEST_F(ClusterTest, SameGreedyAnswerEverywhere) {
     EXPECT_EQ(cluster.text, colocated.text) << c.name;
     EXPECT_EQ(cluster.usage, colocated.usage) << c.name;
 
-    std::vector<std::string> argv = {Strata(), "generate", "--model", *model_, "--max-tokens", "12", "--threads", "1"};
-    argv.insert(argv.end(), c.generate_args.begin(), c.generate_args.end());
-    int rc = 0;
-    const std::string out = *dir_ + "/generate.out";
-    // stdout only: generate's statistics go to stderr.
-    std::string sh = absl::StrCat("exec \"$@\" > ", out, " 2> ", *dir_, "/generate.err");
-    std::vector<std::string> wrapped = {"sh", "-c", sh, "sh"};
-    wrapped.insert(wrapped.end(), argv.begin(), argv.end());
-    RunCapture(wrapped, *dir_ + "/generate.log", &rc);
-    ASSERT_EQ(rc, 0) << ReadWholeFile(*dir_ + "/generate.err");
-    std::string text = ReadWholeFile(out);
-    ASSERT_TRUE(!text.empty() && text.back() == '\n');
-    text.pop_back();
-    EXPECT_EQ(cluster.text, text) << c.name;
+    EXPECT_EQ(cluster.text, Generate(c.generate_args, 12)) << c.name;
+  }
+}
+
+// Questions about one document: from the second on, the prompt's KV up to the document's last
+// full block is reused (by whichever worker the router picks: a decode worker resuming from its
+// own cache, or the prefill worker from its), usage says so, and the answers stay strata
+// generate's.
+TEST_F(ClusterTest, QuestionsAboutOneDocumentReportCachedTokensAndKeepTheirAnswers) {
+  const std::vector<int32_t> doc = Ids(3000, 21);
+  for (int q = 0; q < 3; ++q) {
+    std::vector<int32_t> prompt = doc;
+    const std::vector<int32_t> question = Ids(20 + 5 * q, 40 + static_cast<uint32_t>(q));
+    prompt.insert(prompt.end(), question.begin(), question.end());
+    json body = {{"model", kModel}, {"prompt", prompt}, {"max_tokens", 8}, {"temperature", 0}};
+    Streamed s = Stream(ports_.router_http, "/v1/completions", body);
+    ASSERT_EQ(s.status, 200) << s.error;
+    ASSERT_TRUE(s.error.empty()) << s.error;
+    const int64_t cached = s.usage["prompt_tokens_details"].value("cached_tokens", int64_t{-1});
+    // 23 full blocks of 128 tokens lie inside the document.
+    if (q == 0) {
+      EXPECT_EQ(cached, 0);
+    } else {
+      EXPECT_EQ(cached, 23 * 128) << "question " << q;
+    }
+    EXPECT_EQ(s.text, Generate({"--prompt-ids", absl::StrJoin(prompt, " ")}, 8)) << "question " << q;
   }
 }
 
@@ -372,12 +403,17 @@ TEST_F(ClusterTest, BadRequestsGetClearErrorsAndTheRouterKeepsServing) {
 }
 
 TEST_F(ClusterTest, DisconnectFreesKvBlocksOnBothWorkers) {
+  // Free, or kept by the worker's prefix cache (which holds nothing else).
+  auto role_free = [&](int p, const std::string& role) {
+    return Metric(p, "strata_" + role + "_kv_blocks_free") + Metric(p, "strata_" + role + "_prefix_blocks") ==
+           Metric(p, "strata_" + role + "_kv_blocks_total");
+  };
   auto all_free = [&] {
     for (int p : {ports_.prefill + 1}) {
-      if (Metric(p, "strata_prefill_kv_blocks_free") != Metric(p, "strata_prefill_kv_blocks_total")) return false;
+      if (!role_free(p, "prefill")) return false;
     }
     for (int p : {ports_.decode + 1, ports_.decode + 3}) {
-      if (Metric(p, "strata_decode_kv_blocks_free") != Metric(p, "strata_decode_kv_blocks_total")) return false;
+      if (!role_free(p, "decode")) return false;
     }
     return true;
   };

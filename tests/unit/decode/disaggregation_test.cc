@@ -1,6 +1,7 @@
 // The disaggregated path without RPC: a PrefillWorker pushing KV over a Transport into a decode
 // Scheduler's blocks must give exactly the tokens the colocated Scheduler gives (greedy), and
 // blocks must be freed on every path (finish, cancel, transfer failure, corrupt bytes).
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,7 @@ struct Collector {
   std::vector<int32_t> tokens;
   absl::Status status;
   decode::Finish finish = decode::Finish::kNone;
+  int64_t cached_tokens = -1;
   absl::Notification done;
   decode::Callbacks Callbacks() {
     decode::Callbacks c;
@@ -36,6 +38,7 @@ struct Collector {
         if (!e.done) return;
         status = e.status;
         finish = e.finish;
+        cached_tokens = e.cached_tokens;
       }
       done.Notify();  // last touch: the test may destroy the collector right after
     };
@@ -60,12 +63,22 @@ class DisaggregationTest : public ::testing::Test {
     prefill_ = std::make_unique<Instance>(micro_->weights(), 96);
     decode_transport_ = transport::MakeInProcTransport(fabric_);
     prefill_transport_ = transport::MakeInProcTransport(fabric_);
-    local_ = std::make_unique<decode::Scheduler>(colocated_->model, colocated_->pool, Options());
-    remote_ = std::make_unique<decode::Scheduler>(decode_->model, decode_->pool, Options());
+    // The colocated reference computes every prompt cold.
+    decode::SchedulerOptions cold = Options();
+    cold.prefix_cache = false;
+    local_ = std::make_unique<decode::Scheduler>(colocated_->model, colocated_->pool, cold);
     auto pool_reg = decode_transport_->Register(decode_->pool.memory(), static_cast<size_t>(decode_->pool.memory_bytes()));
-    auto landing_reg = decode_transport_->Register(remote_->landing_memory(), remote_->landing_bytes());
-    ASSERT_TRUE(pool_reg.ok() && landing_reg.ok());
+    ASSERT_TRUE(pool_reg.ok());
     pool_reg_ = std::move(*pool_reg);
+    ResetRemote(Options());
+  }
+
+  // A new decode scheduler (its landing memory registered for Remote()).
+  void ResetRemote(const decode::SchedulerOptions& options) {
+    landing_reg_.reset();
+    remote_ = std::make_unique<decode::Scheduler>(decode_->model, decode_->pool, options);
+    auto landing_reg = decode_transport_->Register(remote_->landing_memory(), remote_->landing_bytes());
+    ASSERT_TRUE(landing_reg.ok());
     landing_reg_ = std::move(*landing_reg);
   }
 
@@ -112,9 +125,17 @@ class DisaggregationTest : public ::testing::Test {
       job.target.block_bytes = static_cast<uint64_t>(decode_->layout.block_bytes());
       job.target.blocks = a.blocks;
       transport::RemoteRegion landing = landing_reg_->Describe();
-      job.target.state = {landing.address + static_cast<uint64_t>(a.landing_slot * decode_->layout.state_bytes()),
+      job.target.state = {landing.address + static_cast<uint64_t>(a.state_offset),
                           static_cast<uint64_t>(decode_->layout.state_bytes()), landing.key};
-      job.done = [this, id](absl::StatusOr<prefill::PrefillResult> r) { remote_->Landed(id, r.status()); };
+      job.target.checkpoint = {landing.address + static_cast<uint64_t>(a.checkpoint_offset),
+                               static_cast<uint64_t>(decode_->layout.state_bytes()), landing.key};
+      job.cache_namespace = namespace_;
+      job.done = [this, id](absl::StatusOr<prefill::PrefillResult> r) {
+        prefills_.fetch_add(1);
+        remote_->Landed(id, decode::Landing{.status = r.status(),
+                                            .cached_tokens = r.ok() ? r->cached_tokens : 0,
+                                            .checkpoint_tokens = r.ok() ? r->checkpoint_tokens : 0});
+      };
       if (tweak) tweak(job);
       absl::Status s = worker_->Submit(std::move(job));
       if (!s.ok()) remote_->Landed(id, s);
@@ -122,21 +143,26 @@ class DisaggregationTest : public ::testing::Test {
     return cb;
   }
 
+  // Every block is free again but those the workers' prefix caches keep.
   void ExpectAllFree() {
     // Stats are published by the loop threads after each step; wait briefly for them to settle.
+    auto prefill_held = [&] { return prefill_->pool.num_blocks() - (worker_ ? worker_->stats().prefix.blocks : 0); };
+    auto decode_held = [&] { return decode_->pool.num_blocks() - remote_->stats().prefix.blocks; };
     for (int i = 0; i < 200; ++i) {
-      if (decode_->pool.free_blocks() == decode_->pool.num_blocks() &&
-          prefill_->pool.free_blocks() == prefill_->pool.num_blocks() && remote_->stats().running == 0) {
+      if (decode_->pool.free_blocks() == decode_held() &&
+          prefill_->pool.free_blocks() == prefill_held() && remote_->stats().running == 0) {
         break;
       }
       absl::SleepFor(absl::Milliseconds(10));
     }
-    EXPECT_EQ(decode_->pool.free_blocks(), decode_->pool.num_blocks());
-    EXPECT_EQ(prefill_->pool.free_blocks(), prefill_->pool.num_blocks());
+    EXPECT_EQ(decode_->pool.free_blocks(), decode_held());
+    EXPECT_EQ(prefill_->pool.free_blocks(), prefill_held());
     EXPECT_EQ(remote_->stats().running, 0);
   }
 
   static MicroModel* micro_;
+  std::string namespace_ = "tenant-a";  // of the jobs Remote() submits
+  std::atomic<int> prefills_{0};        // jobs the prefill worker finished
   std::shared_ptr<transport::InProcFabric> fabric_;
   std::unique_ptr<Instance> colocated_, decode_, prefill_;
   std::unique_ptr<transport::Transport> decode_transport_, prefill_transport_;
@@ -287,7 +313,7 @@ TEST_F(DisaggregationTest, CancelFreesBlocksOnBothSides) {
 TEST_F(DisaggregationTest, UnfencedTransfersBlocksAreQuarantined) {
   decode::SchedulerOptions options = Options();
   options.quarantine = absl::Milliseconds(300);
-  remote_ = std::make_unique<decode::Scheduler>(decode_->model, decode_->pool, options);
+  ResetRemote(options);
   decode::Request r = MakeRequest("q", 300, 3, 4);
   r.remote_prefill_tokens = 299;
   Collector c;
@@ -329,6 +355,100 @@ TEST_F(DisaggregationTest, AdmissionWaitsForBlocksAndTheQueueIsBounded) {
   decode::Request huge = MakeRequest("h", 10, 1, 200 * 128);
   Collector h;
   EXPECT_EQ(remote_->Submit(huge, h.Callbacks()).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- prefix reuse ------------------------------------------------------------------------------
+
+// Runs `r` on the colocated, cold scheduler: the reference for every reused run.
+std::vector<int32_t> ColdTokens(decode::Scheduler& local, decode::Request r) {
+  Collector c;
+  r.remote_prefill_tokens = 0;
+  EXPECT_TRUE(local.Submit(r, c.Callbacks()).ok());
+  EXPECT_TRUE(c.Wait());
+  EXPECT_TRUE(c.status.ok()) << c.status;
+  return c.tokens;
+}
+
+std::vector<int32_t> Join(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Questions about one document through the prefill worker (the decode worker sends every prompt
+// there: local_prefill_limit 0): from the second on, the prefill worker resumes from its cache at
+// the document's last full block, reports it as cached, and the tokens are the cold run's.
+TEST_F(DisaggregationTest, QuestionsAboutOneDocumentReuseThePrefillWorkersCache) {
+  decode::SchedulerOptions options = Options();
+  options.local_prefill_limit = 0;
+  ResetRemote(options);
+  StartPrefill(*prefill_transport_, 256);
+  const std::vector<int32_t> doc = MakeRequest("doc", 700, 7, 1).prompt;
+  for (int q = 0; q < 4; ++q) {
+    decode::Request r = MakeRequest("q" + std::to_string(q), 20 + 7 * q, 200 + q, 8);
+    r.prompt = Join(doc, r.prompt);
+    r.remote_prefill_tokens = static_cast<int64_t>(r.prompt.size()) - 1;
+    Collector c;
+    ASSERT_TRUE(remote_->Submit(r, Remote(c, r)).ok());
+    ASSERT_TRUE(c.Wait());
+    ASSERT_TRUE(c.status.ok()) << c.status;
+    EXPECT_EQ(c.cached_tokens, q == 0 ? 0 : 640) << "question " << q;  // 5 of the document's blocks
+    EXPECT_EQ(c.tokens, ColdTokens(*local_, r)) << "question " << q;
+  }
+  EXPECT_EQ(prefills_.load(), 4);
+  EXPECT_EQ(worker_->stats().prefix.hits, 3);
+  // Another tenant's same document: nothing of the first tenant's is reused.
+  namespace_ = "tenant-b";
+  decode::Request other = MakeRequest("other", 30, 300, 4);
+  other.prompt = Join(doc, other.prompt);
+  other.cache_namespace = "tenant-b";
+  other.remote_prefill_tokens = static_cast<int64_t>(other.prompt.size()) - 1;
+  Collector c;
+  ASSERT_TRUE(remote_->Submit(other, Remote(c, other)).ok());
+  ASSERT_TRUE(c.Wait());
+  EXPECT_EQ(c.cached_tokens, 0);
+  EXPECT_EQ(c.tokens, ColdTokens(*local_, other));
+  ExpectAllFree();
+}
+
+// A conversation: turn 2's prompt is turn 1's prompt, its answer and a new message. The decode
+// worker kept turn 1's blocks — the landed prompt's and those its own generation filled — and
+// resumes from the checkpoint it took at the last block end it reached, without a prefill.
+TEST_F(DisaggregationTest, TheNextTurnReusesThePromptAndTheAnswerOnTheDecodeWorker) {
+  StartPrefill(*prefill_transport_, 256);
+  decode::Request turn1 = MakeRequest("t1", 200, 9, 100);
+  turn1.cache_namespace = namespace_;
+  turn1.remote_prefill_tokens = 199;
+  Collector c1;
+  ASSERT_TRUE(remote_->Submit(turn1, Remote(c1, turn1)).ok());
+  ASSERT_TRUE(c1.Wait());
+  ASSERT_TRUE(c1.status.ok()) << c1.status;
+  EXPECT_EQ(c1.cached_tokens, 0);
+  EXPECT_EQ(c1.tokens, ColdTokens(*local_, turn1));
+
+  decode::Request turn2 = MakeRequest("t2", 30, 10, 12);
+  turn2.prompt = Join(Join(turn1.prompt, c1.tokens), turn2.prompt);  // 330 tokens
+  turn2.cache_namespace = namespace_;
+  turn2.remote_prefill_tokens = static_cast<int64_t>(turn2.prompt.size()) - 1;
+  Collector c2;
+  ASSERT_TRUE(remote_->Submit(turn2, Remote(c2, turn2)).ok());
+  ASSERT_TRUE(c2.Wait());
+  ASSERT_TRUE(c2.status.ok()) << c2.status;
+  // Turn 1 fed 299 tokens: blocks 0 and 1 are full, the second one partly generated tokens.
+  EXPECT_EQ(c2.cached_tokens, 256);
+  EXPECT_EQ(c2.tokens, ColdTokens(*local_, turn2));
+  EXPECT_EQ(prefills_.load(), 1) << "turn 2 went to the prefill worker";
+  EXPECT_EQ(remote_->stats().local_resumes, 1);
+  // The same conversation under another namespace is computed cold.
+  decode::Request stranger = turn2;
+  stranger.id = "t3";
+  stranger.cache_namespace = "tenant-b";
+  stranger.remote_prefill_tokens = 0;  // computed here: nothing of tenant-a's to start from
+  Collector c3;
+  ASSERT_TRUE(remote_->Submit(stranger, c3.Callbacks()).ok());
+  ASSERT_TRUE(c3.Wait());
+  EXPECT_EQ(c3.cached_tokens, 0);
+  EXPECT_EQ(c3.tokens, c2.tokens);
+  ExpectAllFree();
 }
 
 }  // namespace

@@ -190,8 +190,9 @@ TEST_F(ClusterUpstreamTest, ADecodeWorkerThatDiesMidStreamIsReplacedAndTheStream
     EXPECT_EQ(s.tokens, Positions(10, 6));
     EXPECT_EQ(s.final.finish, FinishReason::kLength);
     if (!dying.requests().empty()) {
-      ASSERT_EQ(healthy.requests().size(), healthy_before + 1);
-      const v1::DecodeRequest& moved = healthy.requests().back();
+      const std::vector<v1::DecodeRequest> received = healthy.requests();  // a copy: keep it
+      ASSERT_EQ(received.size(), healthy_before + 1);
+      const v1::DecodeRequest& moved = received.back();
       EXPECT_EQ(moved.prompt_size(), 13);  // the prompt plus the 3 tokens already streamed
       EXPECT_EQ(moved.max_tokens(), 3);
       EXPECT_EQ(moved.prompt(12), 12);
