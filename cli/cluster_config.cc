@@ -64,7 +64,7 @@ class Parser {
     STRATA_RETURN_IF_ERROR(ReadInt("router.http_port", &c.router.http_port, 1, 65535));
     STRATA_RETURN_IF_ERROR(ReadInt("router.grpc_port", &c.router.grpc_port, 1, 65535));
     STRATA_RETURN_IF_ERROR(
-        ReadChoice("router.policy", &c.router.policy, {"round_robin", "least_load"}));
+        ReadChoice("router.policy", &c.router.policy, {"round_robin", "least_load", "kv_aware"}));
     STRATA_RETURN_IF_ERROR(ReadInt("router.max_inflight", &c.router.max_inflight, 1, 1 << 20));
     STRATA_RETURN_IF_ERROR(ReadApiKeys(&c.router.api_keys));
     STRATA_RETURN_IF_ERROR(ReadInt("router.max_attempts", &c.router.max_attempts, 1, 100));

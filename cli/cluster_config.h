@@ -27,7 +27,7 @@ struct RouterSettings {
   std::string host = "127.0.0.1";
   int http_port = 8000;               // OpenAI API, /metrics, /healthz
   int grpc_port = 8001;               // strata.v1.Api
-  std::string policy = "least_load";  // round_robin | least_load
+  std::string policy = "kv_aware";  // round_robin | least_load | kv_aware
   int max_inflight = 256;
   std::vector<ApiKey> api_keys;
   int max_attempts = 3;              // decode attempts per request (moves off failed workers)

@@ -17,6 +17,7 @@
 #include "engine/model_config.h"
 #include "engine/runtime.h"
 #include "engine/tokenizer.h"
+#include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "router/api_service.h"
 #include "router/cluster_upstream.h"
@@ -71,13 +72,20 @@ absl::Status RunRouter(const RouterFlags& f) {
   STRATA_ASSIGN_OR_RETURN(engine::ModelConfig model, engine::ModelConfig::Load(config.model + "/config.json"));
   STRATA_ASSIGN_OR_RETURN(auto tokenizer, engine::Tokenizer::Load(config.model));
   STRATA_ASSIGN_OR_RETURN(auto registry, ConnectRegistry(config.RedisAddress(), config.cluster));
-  STRATA_ASSIGN_OR_RETURN(auto policy, router::MakePolicy(config.router.policy));
+  STRATA_ASSIGN_OR_RETURN(
+      auto policy, router::MakePolicy(config.router.policy,
+                                      {.local_prefill_limit = config.prefix_cache.local_prefill_limit}));
+  std::unique_ptr<registry::PrefixIndex> prefix_index;
+  if (policy->uses_prefix_index()) {
+    STRATA_ASSIGN_OR_RETURN(prefix_index, ConnectPrefixIndex(config));
+  }
   router::ClusterUpstream upstream(
       *registry, std::move(policy),
       {.model = config.ServedModelName(),
        .max_attempts = config.router.max_attempts,
        .inactivity_timeout = absl::Seconds(config.router.inactivity_timeout_s),
-       .request_timeout = absl::Seconds(config.router.request_timeout_s)});
+       .request_timeout = absl::Seconds(config.router.request_timeout_s)},
+      Clock::Real(), prefix_index.get());
   absl::Status first = upstream.Refresh();
   if (!first.ok()) spdlog::warn("registry not readable yet: {}", first.ToString());
 
@@ -88,12 +96,28 @@ absl::Status RunRouter(const RouterFlags& f) {
                    .Register(*metrics);
   prometheus::Gauge& live_prefill = live.Add({{"role", "prefill"}});
   prometheus::Gauge& live_decode = live.Add({{"role", "decode"}});
+  // kv_aware's own overhead: the prefix-index lookups before each request is routed.
+  auto& lookups = prometheus::BuildCounter().Name("strata_router_prefix_lookups_total")
+                      .Help("Prefix-index lookups (kv_aware routing), by outcome").Register(*metrics);
+  prometheus::Counter& lookups_ok = lookups.Add({{"outcome", "ok"}});
+  prometheus::Counter& lookups_failed = lookups.Add({{"outcome", "failed"}});
+  prometheus::Counter& lookups_skipped = lookups.Add({{"outcome", "skipped"}});
+  prometheus::Counter& lookup_seconds = prometheus::BuildCounter().Name("strata_router_prefix_lookup_seconds_total")
+                                            .Help("Time spent in prefix-index lookups (hashing the prompt included)")
+                                            .Register(*metrics).Add({});
   absl::Notification stop;
   std::thread watcher([&] {
+    router::PrefixLookupStats last;
     do {
       router::ClusterSnapshot s = upstream.snapshot();
       live_prefill.Set(static_cast<double>(s.prefill.size()));
       live_decode.Set(static_cast<double>(s.decode.size()));
+      const router::PrefixLookupStats p = upstream.prefix_stats();
+      lookups_ok.Increment(static_cast<double>((p.lookups - p.failures) - (last.lookups - last.failures)));
+      lookups_failed.Increment(static_cast<double>(p.failures - last.failures));
+      lookups_skipped.Increment(static_cast<double>(p.skipped - last.skipped));
+      lookup_seconds.Increment(p.seconds - last.seconds);
+      last = p;
     } while (!stop.WaitForNotificationWithTimeout(absl::Milliseconds(250)));
   });
 

@@ -85,8 +85,15 @@ absl::StatusOr<std::unique_ptr<registry::Registry>> ConnectRegistry(const std::s
 
 std::string ServiceId(const std::string& name) { return absl::StrCat(name, "-", ::getpid()); }
 
-decode::SchedulerOptions DecodeSchedulerOptions(const ClusterConfig& config, const engine::Runtime& runtime,
-                                                const engine::Tokenizer& tokenizer) {
+absl::StatusOr<std::unique_ptr<registry::PrefixIndex>> ConnectPrefixIndex(const ClusterConfig& config) {
+  STRATA_ASSIGN_OR_RETURN(registry::RedisOptions redis, registry::ParseRedisAddress(config.RedisAddress()));
+  redis.cluster = config.cluster;
+  return registry::MakeRedisPrefixIndex({.redis = redis});
+}
+
+decode::SchedulerOptions DecodeSchedulerOptions(
+    const ClusterConfig& config, const engine::Runtime& runtime, const engine::Tokenizer& tokenizer,
+    std::function<void(absl::Span<const engine::BlockKey>, bool)> on_change) {
   const PrefixCacheSettings& pc = config.prefix_cache;
   return {.max_batch = config.decode.max_batch,
           .max_queue = config.decode.max_queue,
@@ -94,7 +101,7 @@ decode::SchedulerOptions DecodeSchedulerOptions(const ClusterConfig& config, con
           .eos_id = tokenizer.eos_id(),
           .num_tokens = tokenizer.num_tokens(),
           .prefix_cache = pc.enabled,
-          .cache = {.max_checkpoint_bytes = int64_t{pc.checkpoint_mib} << 20},
+          .cache = {.max_checkpoint_bytes = int64_t{pc.checkpoint_mib} << 20, .on_change = std::move(on_change)},
           .checkpoint_every = pc.checkpoint_every,
           .model_identity = runtime.checkpoint->identity(),
           .local_prefill_limit = pc.local_prefill_limit};

@@ -18,6 +18,7 @@
 #include "engine/tokenizer.h"
 #include "grpcpp/grpcpp.h"
 #include "prometheus/registry.h"
+#include "registry/prefix_index.h"
 #include "registry/registry.h"
 
 namespace strata::cli {
@@ -40,11 +41,15 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string&
 
 // The cluster's registry: Redis at `redis` (host:port), keys under `cluster`.
 absl::StatusOr<std::unique_ptr<registry::Registry>> ConnectRegistry(const std::string& redis, const std::string& cluster);
+// The cluster's prefix index, in the same Redis.
+absl::StatusOr<std::unique_ptr<registry::PrefixIndex>> ConnectPrefixIndex(const ClusterConfig& config);
 
 // The decode scheduler's settings from the cluster file (a decode worker's, or the colocated
 // server's), for the model and tokenizer the process loaded.
-decode::SchedulerOptions DecodeSchedulerOptions(const ClusterConfig& config, const engine::Runtime& runtime,
-                                                const engine::Tokenizer& tokenizer);
+// `on_change` (may be empty) hears of the prefix cache's keys coming and going (a publisher).
+decode::SchedulerOptions DecodeSchedulerOptions(
+    const ClusterConfig& config, const engine::Runtime& runtime, const engine::Tokenizer& tokenizer,
+    std::function<void(absl::Span<const engine::BlockKey>, bool)> on_change = nullptr);
 
 // A unique registry id for this process: "<name>-<pid>".
 std::string ServiceId(const std::string& name);

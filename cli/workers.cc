@@ -117,7 +117,22 @@ struct WorkerBase {
   std::unique_ptr<engine::Model> model;
   std::unique_ptr<transport::Transport> transport;
   std::unique_ptr<registry::Registry> registry;
+  std::string id;  // registry id, and the worker's location in the prefix index
+  std::unique_ptr<registry::PrefixIndex> prefix_index;
+  std::unique_ptr<registry::PrefixPublisher> publisher;
   std::shared_ptr<prometheus::Registry> metrics = std::make_shared<prometheus::Registry>();
+
+  // What the prefix cache tells the index (nothing with the cache off).
+  std::function<void(absl::Span<const engine::BlockKey>, bool)> OnPrefixChange() {
+    if (publisher == nullptr) return nullptr;
+    return [p = publisher.get()](absl::Span<const engine::BlockKey> keys, bool added) {
+      std::vector<std::string> hex;
+      hex.reserve(keys.size());
+      for (const engine::BlockKey& k : keys) hex.push_back(k.Hex());
+      added ? p->Added(std::move(hex)) : p->Removed(std::move(hex));
+    };
+  }
+  engine::KeyScope scope() const { return {runtime->checkpoint->identity(), layout->fingerprint()}; }
 };
 
 absl::Status Prepare(const WorkerFlags& f, const std::string& role, WorkerBase& w) {
@@ -138,17 +153,23 @@ absl::Status Prepare(const WorkerFlags& f, const std::string& role, WorkerBase& 
                                                    "' cannot connect separate processes; use ucx"));
   }
   STRATA_ASSIGN_OR_RETURN(w.registry, ConnectRegistry(w.config.RedisAddress(), w.config.cluster));
+  w.id = ServiceId(w.me.name);
+  if (w.config.prefix_cache.enabled) {
+    STRATA_ASSIGN_OR_RETURN(w.prefix_index, ConnectPrefixIndex(w.config));
+    w.publisher = std::make_unique<registry::PrefixPublisher>(*w.prefix_index, w.id);
+  }
   return absl::OkStatus();
 }
 
 registry::ServiceRecord Record(const WorkerBase& w) {
   registry::ServiceRecord r;
-  r.id = ServiceId(w.me.name);
+  r.id = w.id;
   r.role = w.me.role;
   r.grpc_address = w.me.grpc_address();
   r.http_address = w.me.http_address();
   r.transport_address = w.transport->address();
   r.model = w.config.ServedModelName();
+  r.kv_scope = w.scope().Hex();
   return r;
 }
 
@@ -172,7 +193,7 @@ absl::Status RunDecode(const WorkerFlags& f) {
   WorkerBase w;
   STRATA_RETURN_IF_ERROR(Prepare(f, "decode", w));
   STRATA_ASSIGN_OR_RETURN(auto tokenizer, engine::Tokenizer::Load(w.config.model));
-  decode::Scheduler scheduler(*w.model, *w.pool, DecodeSchedulerOptions(w.config, *w.runtime, *tokenizer));
+  decode::Scheduler scheduler(*w.model, *w.pool, DecodeSchedulerOptions(w.config, *w.runtime, *tokenizer, w.OnPrefixChange()));
   STRATA_ASSIGN_OR_RETURN(auto service, decode::DecodeService::Create(scheduler, *w.pool, *w.transport, {}));
   STRATA_ASSIGN_OR_RETURN(auto grpc, StartGrpcServer(w.me.grpc_address(), {service.get()}));
   StatsMetrics stats(*w.metrics, "decode");
@@ -211,7 +232,8 @@ absl::Status RunPrefill(const WorkerFlags& f) {
                                                                        {.chunk_tokens = w.config.prefill.chunk_tokens,
                                                                         .step_target_ms = w.config.prefill.step_target_ms,
                                                                         .prefix_cache = w.config.prefix_cache.enabled,
-                                                                        .cache = {.max_checkpoint_bytes = int64_t{w.config.prefix_cache.checkpoint_mib} << 20},
+                                                                        .cache = {.max_checkpoint_bytes = int64_t{w.config.prefix_cache.checkpoint_mib} << 20,
+                                                                                  .on_change = w.OnPrefixChange()},
                                                                         .checkpoint_every = w.config.prefix_cache.checkpoint_every,
                                                                         .model_identity = w.runtime->checkpoint->identity()}));
   prefill::PrefillService service(*worker);

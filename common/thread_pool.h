@@ -29,6 +29,8 @@ class ThreadPool {
   size_t num_threads() const { return workers_.size(); }
 
   void Schedule(std::function<void()> task);
+  // Like Schedule, but never waits: false (and the task is dropped) when the queue is full.
+  bool TrySchedule(std::function<void()> task);
 
   // Runs fn(i) for i in [0, n) on the pool and the calling thread; returns when all are done.
   void ParallelFor(size_t n, const std::function<void(size_t)>& fn);

@@ -79,6 +79,7 @@ std::string Serialize(const ServiceRecord& record) {
                  // Opaque bytes (a UCX worker address): JSON strings must be UTF-8.
                  {"transport_address", absl::Base64Escape(record.transport_address)},
                  {"model", record.model},
+                 {"kv_scope", record.kv_scope},
                  {"load", std::move(load)}};
   return object.dump();
 }
@@ -94,7 +95,8 @@ absl::StatusOr<ServiceRecord> ParseRecord(std::string_view bytes) {
         ReadString(object, "grpc_address", false, &record.grpc_address),
         ReadString(object, "http_address", false, &record.http_address),
         ReadString(object, "transport_address", false, &transport_base64),
-        ReadString(object, "model", false, &record.model)}) {
+        ReadString(object, "model", false, &record.model),
+        ReadString(object, "kv_scope", false, &record.kv_scope)}) {
     if (!status.ok()) return status;
   }
   if (record.id.empty()) return absl::InvalidArgumentError("service record: empty \"id\"");

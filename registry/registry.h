@@ -38,6 +38,9 @@ struct ServiceRecord {
   std::string http_address;       // host:port of /metrics and /healthz
   std::string transport_address;  // Transport::address(), opaque bytes
   std::string model;              // model id served
+  // The scope of its prefix-cache block keys (engine::KeyScope::Hex(): weights + KV layout), so
+  // the router computes the keys it holds blocks under; empty for services without a KV cache.
+  std::string kv_scope;
   Load load;
 };
 

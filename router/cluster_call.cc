@@ -66,7 +66,15 @@ ClusterCall::ClusterCall(ClusterUpstream& cluster, UpstreamRequest request,
 
 void ClusterCall::Begin() {
   deadline_ = cluster_.clock().Now() + cluster_.options().request_timeout;
-  StartAttempt();
+  if (!cluster_.wants_prefix()) return StartAttempt();
+  // Where the prompt's prefix is cached, once: every attempt (a retry, a move) routes by it.
+  cluster_.LookupPrefix(request_, [self = shared_from_this()](PrefixHits hits) {
+    {
+      absl::MutexLock lock(&self->mu_);
+      self->hits_ = std::move(hits);
+    }
+    self->StartAttempt();
+  });
 }
 
 void ClusterCall::Cancel() {
@@ -111,6 +119,7 @@ void ClusterCall::StartAttempt() {
   std::vector<int32_t> prompt = request_.prompt;
   int64_t max_tokens = 0;
   std::vector<std::string> avoid;
+  PrefixHits hits;
   int attempt_number = 0;
   bool cancelled = false;
   {
@@ -120,6 +129,7 @@ void ClusterCall::StartAttempt() {
     prompt.insert(prompt.end(), streamed_.begin(), streamed_.end());
     max_tokens = request_.max_tokens - static_cast<int64_t>(streamed_.size());
     avoid = avoid_;
+    hits = hits_;
     attempt_number = attempts_ + 1;
   }
   if (cancelled) return End({.done = true, .status = absl::CancelledError("the request was cancelled")});
@@ -128,7 +138,7 @@ void ClusterCall::StartAttempt() {
     return End({.done = true, .finish = FinishReason::kLength});
   }
   absl::StatusOr<ClusterUpstream::Route> route =
-      cluster_.Choose(static_cast<int64_t>(prompt.size()), max_tokens, avoid);
+      cluster_.Choose(static_cast<int64_t>(prompt.size()), max_tokens, avoid, hits);
   const absl::Time now = cluster_.clock().Now();
   if (!route.ok()) {
     absl::Status failure;

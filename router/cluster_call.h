@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
+#include "router/cluster_upstream.h"
 #include "router/upstream.h"
 #include "strata/v1/worker.grpc.pb.h"
 
@@ -68,6 +69,7 @@ class ClusterCall : public std::enable_shared_from_this<ClusterCall> {
   std::shared_ptr<Attempt> current_ ABSL_GUARDED_BY(mu_);
   std::vector<int32_t> streamed_ ABSL_GUARDED_BY(mu_);  // tokens delivered so far
   std::vector<std::string> avoid_ ABSL_GUARDED_BY(mu_);  // decode workers that failed it
+  PrefixHits hits_ ABSL_GUARDED_BY(mu_);                 // where its prompt's prefix is cached
   int attempts_ ABSL_GUARDED_BY(mu_) = 0;
   FinishReason finish_ ABSL_GUARDED_BY(mu_) = FinishReason::kNone;
   int64_t cached_ ABSL_GUARDED_BY(mu_) = 0;

@@ -1,7 +1,10 @@
 #include "router/cluster_upstream.h"
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
+
+#include "engine/kv/block_key.h"
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -25,8 +28,13 @@ class CallHandle final : public UpstreamCall {
 }  // namespace
 
 ClusterUpstream::ClusterUpstream(registry::Registry& registry, std::unique_ptr<Policy> policy,
-                                 const ClusterOptions& options, Clock& clock)
-    : registry_(registry), policy_(std::move(policy)), options_(options), clock_(clock) {
+                                 const ClusterOptions& options, Clock& clock,
+                                 registry::PrefixIndex* prefix_index)
+    : registry_(registry),
+      policy_(std::move(policy)),
+      options_(options),
+      clock_(clock),
+      prefix_index_(prefix_index) {
   refresher_ = std::thread([this] {
     while (!stop_.WaitForNotificationWithTimeout(options_.refresh)) {
       absl::Status s = Refresh();
@@ -129,21 +137,86 @@ std::shared_ptr<v1::Decode::Stub> ClusterUpstream::DecodeStub(const std::string&
   return stub;
 }
 
+void ClusterUpstream::LookupPrefix(const UpstreamRequest& request, std::function<void(PrefixHits)> done) {
+  auto task = [this, request, done] {
+    const auto begin = std::chrono::steady_clock::now();
+    // The key scopes the live workers publish (one, unless the cluster is mid-upgrade).
+    std::vector<std::string> scopes;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto* role : {&snapshot_.prefill, &snapshot_.decode}) {
+        for (const auto& r : *role) {
+          if (!r.kv_scope.empty() && std::find(scopes.begin(), scopes.end(), r.kv_scope) == scopes.end()) {
+            scopes.push_back(r.kv_scope);
+          }
+        }
+      }
+    }
+    PrefixHits hits;
+    bool failed = false;
+    // A decode worker always computes the prompt's last token: no more than that is reusable.
+    const int64_t reusable = static_cast<int64_t>(request.prompt.size()) - 1;
+    for (const std::string& hex : scopes) {
+      absl::StatusOr<engine::KeyScope> scope = engine::KeyScope::FromHex(hex);
+      if (!scope.ok()) continue;
+      std::vector<std::string> keys;
+      for (const engine::BlockKey& k : engine::PrefixBlockKeys(*scope, CacheNamespace(request), request.prompt)) {
+        keys.push_back(k.Hex());
+      }
+      if (keys.empty()) continue;
+      absl::StatusOr<std::vector<registry::PrefixRun>> runs = prefix_index_->Longest(keys);
+      if (!runs.ok()) {
+        failed = true;
+        spdlog::warn("request {}: prefix index lookup failed: {}; routing without it", request.request_id,
+                     runs.status().ToString());
+        continue;
+      }
+      for (const registry::PrefixRun& run : *runs) {
+        hits.tokens[run.location] = std::min(run.blocks * options_.block_tokens, reusable);
+      }
+    }
+    {
+      absl::MutexLock lock(&stats_mu_);
+      ++prefix_stats_.lookups;
+      prefix_stats_.failures += failed ? 1 : 0;
+      prefix_stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+    }
+    done(std::move(hits));
+  };
+  if (!lookups_.TrySchedule(task)) {
+    {
+      absl::MutexLock lock(&stats_mu_);
+      ++prefix_stats_.skipped;
+    }
+    done(PrefixHits{});
+  }
+}
+
+PrefixLookupStats ClusterUpstream::prefix_stats() const {
+  absl::MutexLock lock(&stats_mu_);
+  return prefix_stats_;
+}
+
 absl::StatusOr<ClusterUpstream::Route> ClusterUpstream::Choose(int64_t prompt_tokens, int64_t max_tokens,
-                                                               const std::vector<std::string>& avoid) {
+                                                               const std::vector<std::string>& avoid,
+                                                               const PrefixHits& hits) {
   absl::MutexLock lock(&mu_);
   const absl::Time now = clock_.Now();
   auto usable = [&](const registry::ServiceRecord& r) {
     auto it = suspects_.find(r.id);
     return it == suspects_.end() || it->second <= now;
   };
+  auto cached = [&](const registry::ServiceRecord& r) {
+    auto it = hits.tokens.find(r.id);
+    return it == hits.tokens.end() ? int64_t{0} : it->second;
+  };
   std::vector<Candidate> p, d;
   for (const auto& r : snapshot_.prefill) {
-    if (usable(r)) p.push_back({&r, sent_since_refresh_[r.id], tokens_since_refresh_[r.id]});
+    if (usable(r)) p.push_back({&r, sent_since_refresh_[r.id], tokens_since_refresh_[r.id], cached(r)});
   }
   for (const auto& r : snapshot_.decode) {
     if (usable(r) && std::find(avoid.begin(), avoid.end(), r.id) == avoid.end()) {
-      d.push_back({&r, sent_since_refresh_[r.id]});
+      d.push_back({&r, sent_since_refresh_[r.id], 0, cached(r)});
     }
   }
   const int64_t blocks = (prompt_tokens + max_tokens + options_.block_tokens - 1) / options_.block_tokens;
@@ -154,7 +227,7 @@ absl::StatusOr<ClusterUpstream::Route> ClusterUpstream::Choose(int64_t prompt_to
   if (choice.prefill >= 0) {
     route.prefill = *p[static_cast<size_t>(choice.prefill)].record;
     ++sent_since_refresh_[route.prefill->id];
-    tokens_since_refresh_[route.prefill->id] += prompt_tokens;
+    tokens_since_refresh_[route.prefill->id] += prompt_tokens - cached(*route.prefill);
   }
   return route;
 }

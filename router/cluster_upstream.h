@@ -17,6 +17,9 @@
 //     prompt itself);
 //   at most `max_attempts` decode attempts in all; then, or on any other error, the request ends
 //   with a clean error naming the worker and what failed. Nothing accepted is dropped silently.
+// With a policy that uses the prefix index (kv_aware), a request's prompt is first looked up there
+// — on a thread of the upstream's own, never on the caller's — for how much of it each worker
+// already caches; a full lookup queue, or an index that fails, just routes without that.
 // Every call has a deadline (`request_timeout`). While no decode worker is live, Ready() says so
 // (the router's /healthz answers 503) and a retry waits up to `worker_wait` for one to appear (a
 // supervised worker restarting).
@@ -36,6 +39,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/clock.h"
+#include "common/thread_pool.h"
+#include "registry/prefix_index.h"
 #include "registry/registry.h"
 #include "router/policy.h"
 #include "router/upstream.h"
@@ -59,6 +64,18 @@ struct ClusterOptions {
   absl::Duration worker_wait = absl::Seconds(20);
 };
 
+// For one request: each location's (a worker's registry id) cached tokens of its prompt.
+struct PrefixHits {
+  absl::flat_hash_map<std::string, int64_t> tokens;
+};
+
+struct PrefixLookupStats {
+  int64_t lookups = 0;   // index lookups made
+  int64_t failures = 0;  // of them, failed (routed without)
+  int64_t skipped = 0;   // requests routed without one (the lookup queue was full)
+  double seconds = 0;    // spent in lookups (key hashing included)
+};
+
 struct ClusterSnapshot {
   std::vector<registry::ServiceRecord> prefill, decode;
 };
@@ -69,8 +86,10 @@ class ClusterCall;
 
 class ClusterUpstream final : public Upstream {
  public:
+  // `prefix_index` (may be null: no lookups) must outlive the upstream.
   ClusterUpstream(registry::Registry& registry, std::unique_ptr<Policy> policy,
-                  const ClusterOptions& options, Clock& clock = Clock::Real());
+                  const ClusterOptions& options, Clock& clock = Clock::Real(),
+                  registry::PrefixIndex* prefix_index = nullptr);
   ~ClusterUpstream() override;  // every call must have ended (the fronts wait for that)
 
   // Reads the registry once (the background refresher calls it every `refresh`).
@@ -92,7 +111,13 @@ class ClusterUpstream final : public Upstream {
   // The workers for one attempt of a `prompt_tokens` request, leaving out the decode workers in
   // `avoid` (ones that already failed it). Unavailable when there is none.
   absl::StatusOr<Route> Choose(int64_t prompt_tokens, int64_t max_tokens,
-                               const std::vector<std::string>& avoid);
+                               const std::vector<std::string>& avoid, const PrefixHits& hits = {});
+  // Whether calls look their prompt up first (LookupPrefix) .
+  bool wants_prefix() const { return prefix_index_ != nullptr && policy_->uses_prefix_index(); }
+  // Looks `request`'s prompt up in the prefix index on the lookup thread and calls `done` there
+  // (at once, with no hits, when the lookup queue is full).
+  void LookupPrefix(const UpstreamRequest& request, std::function<void(PrefixHits)> done);
+  PrefixLookupStats prefix_stats() const;
   // One channel per worker process (registry id): a worker restarted on the same address gets a
   // fresh connection rather than the dead one's, which may be waiting out a reconnect backoff.
   std::shared_ptr<strata::v1::Decode::Stub> DecodeStub(const std::string& id, const std::string& address);
@@ -120,8 +145,14 @@ class ClusterUpstream final : public Upstream {
   absl::flat_hash_map<internal::ClusterCall*, std::weak_ptr<internal::ClusterCall>> calls_
       ABSL_GUARDED_BY(calls_mu_);
 
+  registry::PrefixIndex* const prefix_index_;
+  mutable absl::Mutex stats_mu_;
+  PrefixLookupStats prefix_stats_ ABSL_GUARDED_BY(stats_mu_);
+
   absl::Notification stop_;
   std::thread refresher_, watchdog_;
+  // Last: destroyed (its queued lookups run) before anything they use.
+  ThreadPool lookups_{2, 256};
 };
 
 }  // namespace strata::router

@@ -45,6 +45,18 @@ absl::StatusOr<BlockKey> BlockKey::FromBytes(absl::string_view bytes) {
   return k;
 }
 
+std::string KeyScope::Hex() const { return absl::StrFormat("%016x.%016x", model_identity, layout_fingerprint); }
+
+absl::StatusOr<KeyScope> KeyScope::FromHex(absl::string_view hex) {
+  KeyScope s;
+  if (hex.size() != 33 || hex[16] != '.' || !absl::SimpleHexAtoi(hex.substr(0, 16), &s.model_identity) ||
+      !absl::SimpleHexAtoi(hex.substr(17), &s.layout_fingerprint)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV key scope '", absl::CHexEscape(hex.substr(0, 40)), "' is not <16 hex>.<16 hex>"));
+  }
+  return s;
+}
+
 std::vector<BlockKey> PrefixBlockKeys(const KeyScope& scope, absl::string_view cache_namespace,
                                       absl::Span<const int32_t> tokens) {
   // The scope digest: fixed-width fields, then the namespace (its length first, so no two

@@ -45,6 +45,11 @@ struct BlockKey {
 struct KeyScope {
   uint64_t model_identity = 0;      // Checkpoint::identity(): which weights
   uint64_t layout_fingerprint = 0;  // KvLayout::fingerprint(): which byte layout
+
+  // "<identity>.<fingerprint>" in hex: how workers publish it in the registry, so a router (which
+  // never loads the weights) computes the same keys.
+  std::string Hex() const;
+  static absl::StatusOr<KeyScope> FromHex(absl::string_view hex);
 };
 
 // The keys of the full blocks of `tokens` (tokens.size() / 128 of them; a partial last block has

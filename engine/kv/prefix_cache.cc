@@ -27,6 +27,8 @@ PrefixCache::PrefixCache(KvPool& pool, const PrefixCacheOptions& options)
 
 PrefixCache::~PrefixCache() {
   for (Entry& e : lru_) pool_.Free(e.block);
+  // The keys stay in the index until their entries expire: a worker going away says nothing
+  // (it may be killed anyway), and the router only asks about live workers.
 }
 
 void PrefixCache::Touch(List::iterator it) { lru_.splice(lru_.begin(), lru_, it); }
@@ -37,10 +39,16 @@ void PrefixCache::Drop(List::iterator it) {
     stats_.checkpoint_bytes -= static_cast<int64_t>(it->checkpoint.size());
   }
   pool_.Free(it->block);
+  dropped_.push_back(it->key);
   index_.erase(it->key);
   lru_.erase(it);
   --stats_.blocks;
   ++stats_.evicted_blocks;
+}
+
+void PrefixCache::FlushDropped() {
+  if (!dropped_.empty() && options_.on_change) options_.on_change(dropped_, false);
+  dropped_.clear();
 }
 
 PrefixHit PrefixCache::Match(absl::Span<const BlockKey> keys, int64_t max_blocks) {
@@ -82,6 +90,7 @@ PrefixHit PrefixCache::Match(absl::Span<const BlockKey> keys, int64_t max_blocks
 void PrefixCache::Insert(absl::Span<const BlockKey> keys, absl::Span<const int32_t> blocks) {
   const size_t n = std::min(keys.size(), blocks.size());
   std::vector<List::iterator> chain;
+  std::vector<BlockKey> added;
   for (size_t i = 0; i < n; ++i) {
     auto found = index_.find(keys[i]);
     if (found != index_.end()) {
@@ -92,10 +101,12 @@ void PrefixCache::Insert(absl::Span<const BlockKey> keys, absl::Span<const int32
     lru_.push_front(Entry{keys[i], blocks[i], {}});
     index_[keys[i]] = lru_.begin();
     chain.push_back(lru_.begin());
+    added.push_back(keys[i]);
     ++stats_.blocks;
     ++stats_.inserted_blocks;
   }
   for (auto it = chain.rbegin(); it != chain.rend(); ++it) Touch(*it);
+  if (!added.empty() && options_.on_change) options_.on_change(added, true);
   TrimBlocks();
 }
 
@@ -128,6 +139,7 @@ void PrefixCache::TrimBlocks() {
   while (options_.max_blocks > 0 && stats_.blocks > options_.max_blocks) {
     Drop(std::prev(lru_.end()));
   }
+  FlushDropped();
 }
 
 int64_t PrefixCache::Evict(int64_t blocks) {
@@ -140,6 +152,7 @@ int64_t PrefixCache::Evict(int64_t blocks) {
     Drop(victim);
     ++freed;
   }
+  FlushDropped();
   return freed;
 }
 

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <vector>
 
@@ -44,6 +45,9 @@ struct CheckpointPlan {
 struct PrefixCacheOptions {
   int64_t max_blocks = 0;                        // 0: as many as the pool can spare
   int64_t max_checkpoint_bytes = int64_t{512} << 20;
+  // Told which keys the cache took in (added) or dropped, once per Insert / eviction pass: what a
+  // worker publishes to the prefix index. Runs on the owner thread; must not block.
+  std::function<void(absl::Span<const BlockKey> keys, bool added)> on_change;
 };
 
 struct PrefixHit {
@@ -97,7 +101,8 @@ class PrefixCache {
   using List = std::list<Entry>;  // most recently used first
 
   void Touch(List::iterator it);
-  void Drop(List::iterator it);
+  void Drop(List::iterator it);  // the key goes to dropped_ until FlushDropped()
+  void FlushDropped();
   void TrimCheckpoints();
   void TrimBlocks();
 
@@ -105,6 +110,7 @@ class PrefixCache {
   const PrefixCacheOptions options_;
   List lru_;
   absl::flat_hash_map<BlockKey, List::iterator> index_;
+  std::vector<BlockKey> dropped_;
   PrefixCacheStats stats_;
 };
 

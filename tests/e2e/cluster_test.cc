@@ -62,7 +62,7 @@ std::string ClusterYaml(const std::string& model, const Ports& p, int http, int 
   return absl::StrCat(
       "cluster: e2e", getpid(), "\nmodel: ", model, "\nmodel_name: ", kModel, "\nredis: \"127.0.0.1:", p.redis,
       "\"\ntransport: ucx\nucx_tls: \"\"\nrouter:\n  host: 127.0.0.1\n  http_port: ", http, "\n  grpc_port: ", grpc,
-      "\n  policy: least_load\n  max_inflight: 256\n  api_keys:\n    - {key: ", kKey,
+      "\n  policy: kv_aware\n  max_inflight: 256\n  api_keys:\n    - {key: ", kKey,
       ", tenant: e2e}\nprefill:\n  count: 1\n  base_port: ", p.prefill,
       "\n  threads: 1\n  chunk_tokens: 512\n  kv_blocks: 512\ndecode:\n  count: ", decode_count, "\n  base_port: ", p.decode,
       "\n  threads: 1\n  kv_blocks: 2048\n  max_batch: 64\n  max_queue: 256\n");
@@ -329,11 +329,16 @@ TEST_F(ClusterTest, SameGreedyAnswerEverywhere) {
 }
 
 // Questions about one document: from the second on, the prompt's KV up to the document's last
-// full block is reused (by whichever worker the router picks: a decode worker resuming from its
-// own cache, or the prefill worker from its), usage says so, and the answers stay strata
-// generate's.
+// full block is reused, usage says so, and the answers stay strata generate's. The router
+// (kv_aware) sends them to the decode worker that holds the document, which computes the rest
+// itself: no prefill worker is involved after the first.
 TEST_F(ClusterTest, QuestionsAboutOneDocumentReportCachedTokensAndKeepTheirAnswers) {
   const std::vector<int32_t> doc = Ids(3000, 21);
+  auto decode_hit_tokens = [&] {
+    return Metric(ports_.decode + 1, "strata_decode_prefix_hit_tokens_total") +
+           Metric(ports_.decode + 3, "strata_decode_prefix_hit_tokens_total");
+  };
+  const double hits_before = decode_hit_tokens();
   for (int q = 0; q < 3; ++q) {
     std::vector<int32_t> prompt = doc;
     const std::vector<int32_t> question = Ids(20 + 5 * q, 40 + static_cast<uint32_t>(q));
@@ -351,6 +356,8 @@ TEST_F(ClusterTest, QuestionsAboutOneDocumentReportCachedTokensAndKeepTheirAnswe
     }
     EXPECT_EQ(s.text, Generate({"--prompt-ids", absl::StrJoin(prompt, " ")}, 8)) << "question " << q;
   }
+  EXPECT_EQ(decode_hit_tokens() - hits_before, 2 * 23 * 128) << "questions 2 and 3 went past the decode worker's cache";
+  EXPECT_GT(Metric(ports_.router_http, "strata_router_prefix_lookups_total{outcome=\"ok\"}"), 0);
 }
 
 TEST_F(ClusterTest, FiftyConcurrentStreamsWithUsage) {

@@ -26,7 +26,7 @@ TEST(ClusterConfigTest, ShippedLocalClusterFile) {
   EXPECT_EQ(c->RedisAddress(), "127.0.0.1:6390");
   EXPECT_EQ(c->transport, "ucx");
   EXPECT_EQ(c->log_format, "text");
-  EXPECT_EQ(c->router.policy, "least_load");
+  EXPECT_EQ(c->router.policy, "kv_aware");
   EXPECT_EQ(c->router.max_inflight, 256);
   ASSERT_EQ(c->router.api_keys.size(), 1u);
   EXPECT_EQ(c->router.api_keys[0].key, "sk-strata-local");
@@ -179,6 +179,27 @@ TEST(ClusterConfigTest, PortCollisionsAreRejected) {
   // Different hosts may share a port, but a wildcard host overlaps every host.
   EXPECT_EQ(ErrorOf("router: {host: 10.0.0.1, http_port: 8201}\n"), "");
   EXPECT_NE(ErrorOf("router: {host: 0.0.0.0, http_port: 8201}\n"), "");
+}
+
+TEST(ClusterConfigTest, PrefixCacheSection) {
+  absl::StatusOr<ClusterConfig> c = ParseClusterConfig("", "c.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->prefix_cache.enabled);  // the defaults
+  EXPECT_EQ(c->prefix_cache.checkpoint_every, 16);
+  EXPECT_EQ(c->prefix_cache.checkpoint_mib, 512);
+  EXPECT_EQ(c->prefix_cache.local_prefill_limit, 2048);
+  c = ParseClusterConfig(
+      "prefix_cache:\n  enabled: false\n  checkpoint_every: 4\n  checkpoint_mib: 64\n  local_prefill_limit: 0\n",
+      "c.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->prefix_cache.enabled);
+  EXPECT_EQ(c->prefix_cache.checkpoint_every, 4);
+  EXPECT_EQ(c->prefix_cache.checkpoint_mib, 64);
+  EXPECT_EQ(c->prefix_cache.local_prefill_limit, 0);
+  std::string error = ErrorOf("prefix_cache:\n  checkpoint_every: 0\n");
+  EXPECT_NE(error.find("c.yaml:2: 'prefix_cache.checkpoint_every' is 0"), std::string::npos) << error;
+  error = ErrorOf("prefix_cache:\n  enable: true\n");
+  EXPECT_NE(error.find("unknown key 'prefix_cache.enable'"), std::string::npos) << error;
 }
 
 TEST(ClusterConfigTest, SuperviseSection) {

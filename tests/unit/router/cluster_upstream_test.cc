@@ -21,6 +21,8 @@
 #include "registry/registry.h"
 #include "router/cluster_upstream.h"
 #include "router/policy.h"
+#include "engine/kv/block_key.h"
+#include "registry/prefix_index.h"
 #include "strata/v1/worker.grpc.pb.h"
 
 namespace strata::router {
@@ -317,6 +319,82 @@ TEST(LeastLoadTest, PrefillByTokensStillToCompute) {
   c = policy->Choose({{&busy, 0, 0}, {&idle, 1, 65536}}, decode, 100, 1);
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(c->prefill, 0);
+}
+
+// kv_aware counts a worker's cached prefix of the request as work it need not do.
+TEST(KvAwareTest, RoutesToWhereThePrefixIsCachedUnlessThatWorkerIsFull) {
+  auto policy = *MakePolicy("kv_aware", {.local_prefill_limit = 512});
+  EXPECT_TRUE(policy->uses_prefix_index());
+  registry::ServiceRecord p0{.id = "p0", .load = {.queued_tokens = 0}};
+  registry::ServiceRecord p1{.id = "p1", .load = {.queued_tokens = 2000}};
+  registry::ServiceRecord idle{.id = "d-idle", .load = {.running_requests = 0, .free_kv_blocks = 100}};
+  registry::ServiceRecord warm{.id = "d-warm", .load = {.running_requests = 4, .free_kv_blocks = 100}};
+  // No prefix anywhere: least work is the idle decode worker and the empty prefill queue.
+  auto c = policy->Choose({{&p0}, {&p1}}, {{&idle}, {&warm}}, 10000, 80);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->decode, 0);
+  EXPECT_EQ(c->prefill, 0);
+  // d-warm holds 9800 of the 10000 tokens: computing 200 there beats 10000 anywhere else.
+  c = policy->Choose({{&p0}, {&p1}}, {{&idle}, {&warm, 0, 0, 9800}}, 10000, 80);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->decode, 1);
+  // ...but not when the rest is past what a decode worker computes itself (512): then it would
+  // go to a prefill worker anyway, and the busier decode worker loses.
+  c = policy->Choose({{&p0}, {&p1}}, {{&idle}, {&warm, 0, 0, 9000}}, 10000, 80);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->decode, 0);
+  // A prefill worker holding the prefix beats an emptier queue that would compute it all.
+  c = policy->Choose({{&p0}, {&p1, 0, 0, 9000}}, {{&idle}, {&warm}}, 10000, 80);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->prefill, 1);
+  // A decode worker without room for the request's blocks comes last, prefix or not.
+  registry::ServiceRecord full{.id = "d-full", .load = {.free_kv_blocks = 10}};
+  c = policy->Choose({{&p0}}, {{&full, 0, 0, 9800}, {&idle}}, 10000, 80);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->decode, 1);
+}
+
+// The upstream asks the index with the keys the workers cache under (their published scope, the
+// request's tenant as namespace) and routes by the answer.
+TEST(KvAwareTest, TheUpstreamLooksTheRequestUpUnderItsTenant) {
+  SimulatedClock clock;
+  auto registry = registry::MakeInMemoryRegistry(clock);
+  auto index = registry::MakeInMemoryPrefixIndex();
+  const engine::KeyScope scope{0xabc, 0xdef};
+  for (const char* id : {"decode-a", "decode-b"}) {
+    registry::ServiceRecord r{.id = id, .role = "decode", .grpc_address = "127.0.0.1:1", .model = "m",
+                              .kv_scope = scope.Hex(), .load = {.free_kv_blocks = 100}};
+    ASSERT_TRUE(registry->Put(r, absl::Hours(1)).ok());
+  }
+  std::vector<int32_t> prompt(1000);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(i * 7 % 5000);
+  std::vector<std::string> keys;
+  for (const engine::BlockKey& k : engine::PrefixBlockKeys(scope, "acme", prompt)) keys.push_back(k.Hex());
+  ASSERT_EQ(keys.size(), 7u);
+  ASSERT_TRUE(index->Add("decode-b", keys).ok());
+  ClusterUpstream upstream(*registry, *MakePolicy("kv_aware"), {.model = "m", .refresh = absl::Hours(1)},
+                           clock, index.get());
+  ASSERT_TRUE(upstream.Refresh().ok());
+  ASSERT_TRUE(upstream.wants_prefix());
+  auto lookup = [&](const std::string& tenant) {
+    absl::Notification done;
+    PrefixHits out;
+    upstream.LookupPrefix(UpstreamRequest{.request_id = "r", .tenant = tenant, .prompt = prompt},
+                          [&](PrefixHits hits) {
+                            out = std::move(hits);
+                            done.Notify();
+                          });
+    done.WaitForNotification();
+    return out;
+  };
+  PrefixHits hits = lookup("acme");
+  EXPECT_EQ(hits.tokens["decode-b"], 7 * 128);
+  auto route = upstream.Choose(1000, 10, {}, hits);
+  ASSERT_TRUE(route.ok());
+  EXPECT_EQ(route->decode.id, "decode-b");
+  // Another tenant's same prompt finds nothing.
+  EXPECT_TRUE(lookup("globex").tokens.empty());
+  EXPECT_EQ(upstream.prefix_stats().lookups, 2);
 }
 
 }  // namespace

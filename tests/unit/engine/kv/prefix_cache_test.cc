@@ -173,6 +173,29 @@ TEST_F(PrefixCacheTest, CapacityLimitsBlocksAndCheckpointBytes) {
   EXPECT_EQ(cache.Match(Chain(2, 4), 4).blocks.size() > 0, true);
 }
 
+TEST_F(PrefixCacheTest, TellsWhichKeysCameAndWent) {
+  KvPool pool(layout_, 16);
+  std::vector<std::pair<std::vector<BlockKey>, bool>> changes;
+  PrefixCache cache(pool, {.max_blocks = 5, .on_change = [&](absl::Span<const BlockKey> keys, bool added) {
+                             changes.emplace_back(std::vector<BlockKey>(keys.begin(), keys.end()), added);
+                           }});
+  Cache(cache, pool, 1, 4);
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_TRUE(changes[0].second);
+  EXPECT_EQ(changes[0].first, Chain(1, 4));
+  Cache(cache, pool, 1, 4);  // nothing new
+  EXPECT_EQ(changes.size(), 1u);
+  Cache(cache, pool, 2, 2);  // 6 > 5: chain 1's deepest block goes
+  ASSERT_EQ(changes.size(), 3u);
+  EXPECT_EQ(changes[1].first, Chain(2, 2));
+  EXPECT_FALSE(changes[2].second);
+  EXPECT_EQ(changes[2].first, (std::vector<BlockKey>{BlockKey{1, 3}}));
+  EXPECT_EQ(cache.Evict(2), 2);
+  ASSERT_EQ(changes.size(), 4u);
+  EXPECT_EQ(changes[3].first.size(), 2u);
+  EXPECT_FALSE(changes[3].second);
+}
+
 TEST(CheckpointPlanTest, CheckpointsAtPeriodsAndTheLastFullBlock) {
   CheckpointPlan plan{.every = 4};
   EXPECT_FALSE(plan.Due(0, 1000));
