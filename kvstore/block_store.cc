@@ -438,6 +438,22 @@ void BlockStore::DropRam() {
   Notify(std::move(gone), false);
 }
 
+std::vector<BlockKey> BlockStore::StoredBlocks() const {
+  std::vector<BlockKey> out;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [key, slot] : blocks_->index) out.push_back(key);
+  }
+  if (ssd_ != nullptr) {
+    for (const BlockKey& k : ssd_->Keys(KvRecordKind::kBlock)) out.push_back(k);
+  }
+  std::sort(out.begin(), out.end(), [](const BlockKey& a, const BlockKey& b) {
+    return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo;
+  });
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
 StoreStats BlockStore::stats() const {
   StoreStats s;
   {

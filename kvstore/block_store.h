@@ -119,6 +119,9 @@ class BlockStore {
   void DropRam();
 
   StoreStats stats() const;
+  absl::Duration write_lease() const { return options_.write_lease; }
+  // Every block key the store holds (any tier): what a restarted kvstore publishes again.
+  std::vector<engine::BlockKey> StoredBlocks() const;
 
  private:
   struct Arena;

@@ -367,6 +367,13 @@ bool SsdTier::Contains(const BlockKey& key, KvRecordKind kind) const {
   return file(kind).index.contains(key);
 }
 
+std::vector<BlockKey> SsdTier::Keys(KvRecordKind kind) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<BlockKey> out;
+  for (const auto& [key, slot] : file(kind).index) out.push_back(key);
+  return out;
+}
+
 void SsdTier::Remove(const BlockKey& key, KvRecordKind kind) {
   File& f = file(kind);
   int32_t slot;

@@ -60,6 +60,7 @@ class SsdTier {
   // Reads records into the items' slots: OK, NotFound, or DataLoss (torn or corrupt: removed).
   std::vector<absl::Status> Read(absl::Span<const Item> items);
   bool Contains(const engine::BlockKey& key, engine::KvRecordKind kind) const;
+  std::vector<engine::BlockKey> Keys(engine::KvRecordKind kind) const;
   void Remove(const engine::BlockKey& key, engine::KvRecordKind kind);
   int64_t slot_bytes(engine::KvRecordKind kind) const;
   SsdStats stats() const;

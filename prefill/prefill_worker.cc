@@ -69,6 +69,12 @@ PrefillWorker::~PrefillWorker() {
     stop_ = true;
   }
   if (thread_.joinable()) thread_.join();
+  {
+    // A fetch's completion still comes here (and the source still writes into its blocks).
+    absl::MutexLock lock(&mu_);
+    auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return fetches_in_flight_ == 0; };
+    mu_.Await(absl::Condition(&settled));
+  }
   // Blocks still read by unsettled puts go with the pool; the cache's references first.
   cache_.reset();
 }
@@ -132,14 +138,18 @@ void PrefillWorker::Loop() {
   for (;;) {
     std::vector<Job> inbox;
     std::vector<std::string> cancels;
+    std::vector<std::pair<std::string, absl::StatusOr<int64_t>>> fetched;
     bool stopping;
     {
       absl::MutexLock lock(&mu_);
       // With nothing running, a waiting job can always be admitted (every block and slot is
       // free), so sleep only when there is nothing at all.
-      if (running_.empty() && waiting_.empty()) {
-        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !inbox_.empty() || !cancels_.empty(); };
-        if (draining_.empty()) {
+      // With fetches out and nothing running, the waiting ones may be waiting for their blocks.
+      if (running_.empty() && (waiting_.empty() || !fetching_.empty())) {
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stop_ || !inbox_.empty() || !cancels_.empty() || !fetched_.empty();
+        };
+        if (draining_.empty() && waiting_.empty()) {
           mu_.Await(absl::Condition(&ready));
         } else {
           mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
@@ -147,19 +157,24 @@ void PrefillWorker::Loop() {
       }
       std::swap(inbox, inbox_);
       std::swap(cancels, cancels_);
+      std::swap(fetched, fetched_);
       stopping = stop_;
     }
     for (Job& j : inbox) waiting_.push_back(std::move(j));
     ReapDrained();
+    FinishFetches(std::move(fetched));
     if (stopping) {
       for (auto& r : running_) Complete(*r, absl::UnavailableError("the prefill worker is shutting down"));
       for (Job& j : waiting_) j.done(absl::UnavailableError("the prefill worker is shutting down"));
+      // Their blocks are the source's until it answers; the pool goes with the process.
+      for (auto& [id, f] : fetching_) f->job.done(absl::UnavailableError("the prefill worker is shutting down"));
       return;
     }
     for (const std::string& id : cancels) {
       for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
         if (it->id == id) {
           it->done(absl::CancelledError("the request was cancelled"));
+          fetched_jobs_.erase(id);
           absl::MutexLock lock(&mu_);
           --queued_;
           stats_.queued = queued_;
@@ -168,6 +183,7 @@ void PrefillWorker::Loop() {
           break;
         }
       }
+      if (auto it = fetching_.find(id); it != fetching_.end()) it->second->cancelled = true;
       for (auto& r : running_) {
         if (r->job.id == id) r->cancelled = true;
       }
@@ -191,6 +207,16 @@ void PrefillWorker::Admit() {
     if (cache_ != nullptr) {
       keys = engine::PrefixBlockKeys(scope_, job.cache_namespace, job.tokens);
       hit = cache_->Match(keys, static_cast<int64_t>(keys.size()));
+      if (options_.source != nullptr && !fetched_jobs_.contains(job.id) &&
+          static_cast<int64_t>(keys.size() - hit.blocks.size()) >= options_.min_fetch_blocks) {
+        // Worth asking the kvstore: the job waits aside for what it has.
+        for (int32_t b : hit.blocks) pool_.Free(b);
+        if (StartFetch(job, keys, static_cast<int64_t>(hit.blocks.size()))) {
+          waiting_.pop_front();
+          continue;
+        }
+        hit = cache_->Match(keys, static_cast<int64_t>(keys.size()));
+      }
     }
     const int64_t need = layout.BlocksFor(n) - static_cast<int64_t>(hit.blocks.size());
     if (need > pool_.free_blocks() && cache_ != nullptr) cache_->Evict(need - pool_.free_blocks());
@@ -405,8 +431,81 @@ void PrefillWorker::RunStep() {
   if (cache_ != nullptr) stats_.prefix = cache_->stats();
 }
 
+bool PrefillWorker::StartFetch(Job& job, const std::vector<engine::BlockKey>& keys, int64_t /*local_blocks*/) {
+  fetched_jobs_.insert(job.id);  // once, whatever it brings
+  const int64_t n = static_cast<int64_t>(keys.size());
+  if (n > pool_.free_blocks()) cache_->Evict(n - pool_.free_blocks());
+  if (n > pool_.free_blocks()) return false;
+  auto f = std::make_unique<Fetching>();
+  f->keys = keys;
+  for (int64_t i = 0; i < n; ++i) f->blocks.push_back(*pool_.Allocate());
+  f->checkpoint.resize(static_cast<size_t>(pool_.layout().state_bytes()));
+  f->job = std::move(job);
+  const std::string id = f->job.id;
+  Fetching& fetch = *f;
+  fetching_[id] = std::move(f);
+  {
+    absl::MutexLock lock(&mu_);
+    ++fetches_in_flight_;
+  }
+  options_.source->Fetch(fetch.keys, n, fetch.blocks, fetch.checkpoint.data(), [this, id](absl::StatusOr<int64_t> got) {
+    absl::MutexLock lock(&mu_);
+    fetched_.emplace_back(id, std::move(got));
+    --fetches_in_flight_;
+  });
+  return true;
+}
+
+void PrefillWorker::FinishFetches(std::vector<std::pair<std::string, absl::StatusOr<int64_t>>> done) {
+  for (auto& [id, got] : done) {
+    auto it = fetching_.find(id);
+    if (it == fetching_.end()) continue;
+    std::unique_ptr<Fetching> f = std::move(it->second);
+    fetching_.erase(it);
+    int64_t n = 0;
+    if (!got.ok()) {
+      spdlog::warn("request {}: fetching its prefix from the kvstore: {}; computing it", id, got.status().ToString());
+    } else {
+      n = std::min<int64_t>(*got, static_cast<int64_t>(f->blocks.size()));
+    }
+    if (n > 0 && !f->cancelled) {
+      // Into the local cache, whose references keep the blocks; the job then resumes from there.
+      cache_->Insert(absl::MakeConstSpan(f->keys).subspan(0, static_cast<size_t>(n)),
+                     absl::MakeConstSpan(f->blocks).subspan(0, static_cast<size_t>(n)));
+      cache_->InsertCheckpoint(f->keys[static_cast<size_t>(n - 1)], std::move(f->checkpoint));
+    }
+    for (int32_t b : f->blocks) pool_.Free(b);
+    {
+      absl::MutexLock lock(&mu_);
+      ++stats_.fetches;
+      stats_.fetched_blocks += n;
+    }
+    if (f->cancelled) {
+      f->job.done(absl::CancelledError("the request was cancelled"));
+      fetched_jobs_.erase(id);
+      absl::MutexLock lock(&mu_);
+      --queued_;
+      stats_.queued = queued_;
+      stats_.queued_tokens -= static_cast<int64_t>(f->job.tokens.size());
+      continue;
+    }
+    waiting_.push_front(std::move(f->job));
+  }
+}
+
 void PrefillWorker::CacheFinished(Running& r) {
   if (cache_ == nullptr) return;
+  if (options_.source != nullptr && static_cast<int64_t>(r.keys.size()) > r.cached_blocks) {
+    // The whole chain goes (the store keeps what it lacks); the source takes a reference to each
+    // block and lets go once written.
+    std::vector<int32_t> blocks(r.cache.blocks.begin(), r.cache.blocks.begin() + static_cast<std::ptrdiff_t>(r.keys.size()));
+    for (int32_t b : blocks) pool_.Ref(b);
+    {
+      absl::MutexLock lock(&mu_);
+      stats_.written_back_blocks += static_cast<int64_t>(blocks.size()) - r.cached_blocks;
+    }
+    options_.source->WriteBack(r.keys, std::move(blocks), r.checkpoints);
+  }
   cache_->Insert(r.keys, absl::MakeConstSpan(r.cache.blocks).subspan(0, r.keys.size()));
   for (auto& [position, state] : r.checkpoints) {
     cache_->InsertCheckpoint(r.keys[static_cast<size_t>(position / engine::kBlockTokens - 1)], std::move(state));
@@ -481,6 +580,7 @@ void PrefillWorker::Complete(Running& r, absl::Status status) {
   if (r.staging_slot >= 0) free_staging_.push_back(r.staging_slot);
   r.staging_slot = -1;
   if (r.job.done) r.job.done(std::move(status));
+  fetched_jobs_.erase(r.job.id);
   for (auto& p : running_) {
     if (p.get() == &r) p.reset();
   }

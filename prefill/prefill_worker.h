@@ -14,6 +14,12 @@
 // positions so the state there can be taken (the engine is chunk-invariant: the KV and the
 // output are the same bits as a cold run).
 //
+// With a KvSource (the kvstore), a job whose prompt has at least `min_fetch_blocks` full blocks
+// past what the local cache holds is first fetched from it — the job waits aside while its
+// blocks arrive, the others go on — and what arrives joins the local cache, from which the job
+// then resumes. Every job's new full blocks and checkpoints are written back to the source
+// afterwards, off the loop.
+//
 // Threading: Submit/Cancel/stats from any thread; one internal thread runs the loop and calls
 // `done` (which must not block).
 #pragma once
@@ -28,10 +34,12 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/kv/block_key.h"
 #include "engine/kv/kv_cache.h"
+#include "engine/kv/kv_source.h"
 #include "engine/kv/prefix_cache.h"
 #include "engine/model.h"
 #include "prefill/push_sink.h"
@@ -76,6 +84,9 @@ struct PrefillOptions {
   engine::PrefixCacheOptions cache;
   int64_t checkpoint_every = 16;  // blocks between boundary checkpoints
   uint64_t model_identity = 0;    // Checkpoint::identity(), for the block keys
+  // The kvstore (null: none), which must outlive the worker; used with the prefix cache on.
+  engine::KvSource* source = nullptr;
+  int64_t min_fetch_blocks = 2;
 };
 
 struct PrefillStats {
@@ -87,6 +98,8 @@ struct PrefillStats {
   uint64_t kv_bytes_sent = 0;
   int64_t tokens_computed = 0;
   engine::PrefixCacheStats prefix;
+  int64_t fetches = 0, fetched_blocks = 0;  // from the KvSource
+  int64_t written_back_blocks = 0;          // handed to it
 };
 
 class PrefillWorker {
@@ -121,6 +134,9 @@ class PrefillWorker {
   // After a step that ended at `r`'s position: its checkpoint and final state.
   void TakeStates(Running& r);
   void CacheFinished(Running& r);
+  // Sends the front waiting job to the source if its prompt is worth fetching; true if it went.
+  bool StartFetch(Job& job, const std::vector<engine::BlockKey>& keys, int64_t local_blocks);
+  void FinishFetches(std::vector<std::pair<std::string, absl::StatusOr<int64_t>>> done);
   absl::StatusOr<std::shared_ptr<transport::Endpoint>> EndpointFor(const std::string& address);
   uint8_t* Staging(int32_t slot) {
     return staging_.data() + static_cast<size_t>(slot) * 2 * static_cast<size_t>(pool_.layout().state_bytes());
@@ -138,6 +154,8 @@ class PrefillWorker {
   mutable absl::Mutex mu_;
   std::vector<Job> inbox_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> cancels_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<std::string, absl::StatusOr<int64_t>>> fetched_ ABSL_GUARDED_BY(mu_);
+  int64_t fetches_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   PrefillStats stats_ ABSL_GUARDED_BY(mu_);
@@ -155,6 +173,17 @@ class PrefillWorker {
     std::function<int64_t()> pending;
   };
   std::vector<Draining> draining_;
+  // Jobs waiting for their prefix from the source: the job, its keys, the blocks being filled and
+  // where the checkpoint lands.
+  struct Fetching {
+    Job job;
+    std::vector<engine::BlockKey> keys;
+    std::vector<int32_t> blocks;
+    std::vector<uint8_t> checkpoint;
+    bool cancelled = false;
+  };
+  absl::flat_hash_map<std::string, std::unique_ptr<Fetching>> fetching_;
+  absl::flat_hash_set<std::string> fetched_jobs_;  // went to the source once: not again
   std::vector<int32_t> free_staging_;
   absl::flat_hash_map<std::string, std::shared_ptr<transport::Endpoint>> endpoints_;
   std::thread thread_;

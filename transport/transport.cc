@@ -112,6 +112,10 @@ absl::Status GetSync(Endpoint& ep, void* local, size_t len, const RemoteRegion& 
   return Wait([&](Completion done) { ep.Get(local, len, remote, remote_offset, std::move(done)); });
 }
 
+absl::Status PutManySync(Endpoint& ep, absl::Span<const PutSpan> spans, const RemoteRegion& remote) {
+  return Wait([&](Completion done) { ep.PutMany(spans, remote, std::move(done)); });
+}
+
 absl::Status FlushSync(Endpoint& ep) {
   return Wait([&](Completion done) { ep.Flush(std::move(done)); });
 }

@@ -134,6 +134,7 @@ bool InsideOneRange(absl::Span<const ByteRange> ranges, uint64_t address, uint64
 // Blocking helpers for callers that are not on the progress thread.
 absl::Status PutSync(Endpoint& ep, const void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset);
 absl::Status GetSync(Endpoint& ep, void* local, size_t len, const RemoteRegion& remote, uint64_t remote_offset);
+absl::Status PutManySync(Endpoint& ep, absl::Span<const PutSpan> spans, const RemoteRegion& remote);
 absl::Status FlushSync(Endpoint& ep);
 
 struct UcxOptions {

@@ -9,6 +9,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "decode/scheduler.h"
+#include "engine/kv/block_key.h"
+#include "kvstore/block_store.h"
+#include "kvstore/store_source.h"
 #include "gtest/gtest.h"
 #include "prefill/prefill_worker.h"
 #include "tests/unit/engine/micro_model.h"
@@ -88,8 +91,9 @@ class DisaggregationTest : public ::testing::Test {
     remote_.reset();
   }
 
-  void StartPrefill(transport::Transport& t, int64_t chunk) {
-    auto w = prefill::PrefillWorker::Create(prefill_->model, prefill_->pool, t, {.chunk_tokens = chunk, .max_running = 4});
+  void StartPrefill(transport::Transport& t, int64_t chunk, engine::KvSource* source = nullptr) {
+    auto w = prefill::PrefillWorker::Create(prefill_->model, prefill_->pool, t,
+                                            {.chunk_tokens = chunk, .max_running = 4, .source = source});
     ASSERT_TRUE(w.ok()) << w.status();
     worker_ = std::move(*w);
   }
@@ -449,6 +453,50 @@ TEST_F(DisaggregationTest, TheNextTurnReusesThePromptAndTheAnswerOnTheDecodeWork
   EXPECT_EQ(c3.cached_tokens, 0);
   EXPECT_EQ(c3.tokens, c2.tokens);
   ExpectAllFree();
+}
+
+// The kvstore between prefill workers: the first computes a document and writes its blocks and
+// checkpoints back; a second prefill worker, its own cache empty, fetches them and resumes at the
+// document's last full block — same tokens as cold, cached_tokens says so.
+TEST_F(DisaggregationTest, ASecondPrefillWorkerResumesFromTheKvstore) {
+  decode::SchedulerOptions options = Options();
+  options.local_prefill_limit = 0;  // every prompt through a prefill worker
+  options.prefix_cache = false;     // and none kept on the decode side
+  ResetRemote(options);
+  auto store = kvstore::BlockStore::Open(prefill_->layout, {.ram_bytes = int64_t{64} << 20});
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto source = std::make_unique<kvstore::StoreKvSource>(**store, prefill_->pool);
+  StartPrefill(*prefill_transport_, 256, source.get());
+  const std::vector<int32_t> doc = MakeRequest("doc", 700, 17, 1).prompt;
+  auto ask = [&](const std::string& id, uint64_t seed) {
+    decode::Request r = MakeRequest(id, 25, seed, 6);
+    r.prompt = Join(doc, r.prompt);
+    r.remote_prefill_tokens = static_cast<int64_t>(r.prompt.size()) - 1;
+    Collector c;
+    EXPECT_TRUE(remote_->Submit(r, Remote(c, r)).ok());
+    EXPECT_TRUE(c.Wait());
+    EXPECT_TRUE(c.status.ok()) << c.status;
+    EXPECT_EQ(c.tokens, ColdTokens(*local_, r)) << id;
+    return c.cached_tokens;
+  };
+  EXPECT_EQ(ask("first", 1), 0);
+  // The write-back runs off the loop: wait until the store has the document.
+  const std::vector<engine::BlockKey> keys = engine::PrefixBlockKeys(
+      {0, prefill_->layout.fingerprint()}, namespace_, doc);
+  for (int i = 0; i < 500 && (*store)->Find(keys).checkpoint_blocks < 5; ++i) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_EQ((*store)->Find(keys).checkpoint_blocks, 5);
+  // A new prefill worker (another pool, nothing cached) for the next question.
+  worker_.reset();
+  source.reset();
+  prefill_ = std::make_unique<Instance>(micro_->weights(), 96);
+  source = std::make_unique<kvstore::StoreKvSource>(**store, prefill_->pool);
+  StartPrefill(*prefill_transport_, 256, source.get());
+  EXPECT_EQ(ask("second", 2), 640);
+  EXPECT_EQ(worker_->stats().fetches, 1);
+  EXPECT_EQ(worker_->stats().fetched_blocks, 5);
+  EXPECT_GT((*store)->stats().hits_ram, 0);
+  worker_.reset();
+  source.reset();
 }
 
 }  // namespace
