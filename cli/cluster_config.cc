@@ -34,8 +34,8 @@ class Parser {
     c.source = yaml_.source();
     STRATA_RETURN_IF_ERROR(
         CheckKeys("", {"cluster", "model", "model_name", "redis", "redis_port", "transport",
-                       "ucx_tls", "log_format", "router", "prefill", "decode", "prefix_cache",
-                       "supervise"}));
+                       "ucx_tls", "log_format", "router", "prefill", "decode", "kvstore",
+                       "prefix_cache", "supervise"}));
     STRATA_RETURN_IF_ERROR(Read("cluster", &c.cluster));
     if (c.cluster.empty() || !std::all_of(c.cluster.begin(), c.cluster.end(), [](char ch) {
           return absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' ||
@@ -94,6 +94,19 @@ class Parser {
     STRATA_RETURN_IF_ERROR(ReadInt("decode.kv_blocks", &c.decode.kv_blocks, 1, 1 << 30));
     STRATA_RETURN_IF_ERROR(ReadInt("decode.max_batch", &c.decode.max_batch, 1, 1 << 16));
     STRATA_RETURN_IF_ERROR(ReadInt("decode.max_queue", &c.decode.max_queue, 1, 1 << 20));
+
+    STRATA_RETURN_IF_ERROR(
+        CheckKeys("kvstore", {"count", "host", "base_port", "ram_mib", "ssd_dir", "ssd_mib"}));
+    STRATA_RETURN_IF_ERROR(ReadInt("kvstore.count", &c.kvstore.count, 0, kMaxWorkers));
+    STRATA_RETURN_IF_ERROR(ReadHost("kvstore.host", &c.kvstore.host));
+    STRATA_RETURN_IF_ERROR(
+        ReadInt("kvstore.base_port", &c.kvstore.base_port, 1, 65535 - 2 * std::max(c.kvstore.count, 1) + 1));
+    STRATA_RETURN_IF_ERROR(ReadInt("kvstore.ram_mib", &c.kvstore.ram_mib, 1, 1 << 24));
+    STRATA_RETURN_IF_ERROR(Read("kvstore.ssd_dir", &c.kvstore.ssd_dir));
+    STRATA_RETURN_IF_ERROR(ReadInt("kvstore.ssd_mib", &c.kvstore.ssd_mib, 0, 1 << 30));
+    if (!c.kvstore.ssd_dir.empty() && c.kvstore.ssd_mib == 0) {
+      return Error("kvstore.ssd_mib", "is 0 while kvstore.ssd_dir is set: give the SSD tier a size");
+    }
 
     STRATA_RETURN_IF_ERROR(CheckKeys(
         "prefix_cache", {"enabled", "checkpoint_every", "checkpoint_mib", "local_prefill_limit"}));
@@ -328,14 +341,23 @@ ServiceEndpoints ClusterConfig::DecodeEndpoints(int index) const {
   return Worker("decode", index, decode.host, decode.base_port);
 }
 
+ServiceEndpoints ClusterConfig::KvStoreEndpoints(int index) const {
+  return Worker("kvstore", index, kvstore.host, kvstore.base_port);
+}
+
 absl::StatusOr<ServiceEndpoints> ClusterConfig::Endpoints(absl::string_view role, int index) const {
+  const bool known = role == "router" || role == "prefill" || role == "decode" || role == "kvstore";
   const int count = role == "router"    ? 1
                     : role == "prefill" ? prefill.count
                     : role == "decode"  ? decode.count
+                    : role == "kvstore" ? kvstore.count
                                         : 0;
-  if (count == 0) {
+  if (!known) {
     return absl::InvalidArgumentError(
-        absl::StrCat("unknown service role '", role, "' (want router, prefill or decode)"));
+        absl::StrCat("unknown service role '", role, "' (want router, prefill, decode or kvstore)"));
+  }
+  if (count == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": the file has no ", role, " (", role, ".count is 0)"));
   }
   if (index < 0 || index >= count) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -343,6 +365,7 @@ absl::StatusOr<ServiceEndpoints> ClusterConfig::Endpoints(absl::string_view role
         count == 1 ? " service" : " services", " (index 0..", count - 1, ")"));
   }
   if (role == "router") return RouterEndpoints();
+  if (role == "kvstore") return KvStoreEndpoints(index);
   return role == "prefill" ? PrefillEndpoints(index) : DecodeEndpoints(index);
 }
 
@@ -350,6 +373,7 @@ std::vector<ServiceEndpoints> ClusterConfig::AllServices() const {
   std::vector<ServiceEndpoints> all = {RouterEndpoints()};
   for (int i = 0; i < prefill.count; ++i) all.push_back(PrefillEndpoints(i));
   for (int i = 0; i < decode.count; ++i) all.push_back(DecodeEndpoints(i));
+  for (int i = 0; i < kvstore.count; ++i) all.push_back(KvStoreEndpoints(i));
   return all;
 }
 

@@ -55,6 +55,18 @@ struct DecodeSettings {
   int max_queue = 256;
 };
 
+// The kvstore (DESIGN.md §1 step 5): the prefix-cache store the prefill workers fetch cached
+// blocks from and write new ones back to. count 0: none (the workers' own caches only). Each
+// kvstore keeps its SSD tier in ssd_dir/kvstore-<index>; a restarted one serves what it holds.
+struct KvStoreSettings {
+  int count = 0;
+  std::string host = "127.0.0.1";
+  int base_port = 8300;  // kvstore i: gRPC on base_port + 2i, HTTP on base_port + 2i + 1
+  int ram_mib = 1024;
+  std::string ssd_dir;   // empty: RAM only
+  int ssd_mib = 0;
+};
+
 // Prefix reuse on the workers (DESIGN.md §5): each keeps finished requests' full KV blocks in its
 // own pool, with boundary checkpoints, so a prompt that starts like an earlier one (the next turn
 // of a conversation, another question about a document) computes only the rest.
@@ -82,7 +94,7 @@ struct SuperviseSettings {
 // Where one service listens.
 struct ServiceEndpoints {
   std::string name;  // "router", "prefill-0", "decode-1": log prefix, base of its registry id
-  std::string role;  // "router", "prefill" or "decode"
+  std::string role;  // "router", "prefill", "decode" or "kvstore"
   int index = 0;
   std::string host;
   int grpc_port = 0;
@@ -105,6 +117,7 @@ struct ClusterConfig {
   RouterSettings router;
   PrefillSettings prefill;
   DecodeSettings decode;
+  KvStoreSettings kvstore;
   PrefixCacheSettings prefix_cache;
   SuperviseSettings supervise;
 
@@ -118,9 +131,11 @@ struct ClusterConfig {
   ServiceEndpoints RouterEndpoints() const;
   ServiceEndpoints PrefillEndpoints(int index) const;  // 0 <= index < prefill.count
   ServiceEndpoints DecodeEndpoints(int index) const;   // 0 <= index < decode.count
-  // `role` ("router", "prefill", "decode") number `index`, or an error naming the valid range.
+  ServiceEndpoints KvStoreEndpoints(int index) const;  // 0 <= index < kvstore.count
+  // `role` ("router", "prefill", "decode", "kvstore") number `index`, or an error naming the
+  // valid range.
   absl::StatusOr<ServiceEndpoints> Endpoints(absl::string_view role, int index) const;
-  // The router, then every prefill worker, then every decode worker.
+  // The router, then every prefill worker, every decode worker and every kvstore.
   std::vector<ServiceEndpoints> AllServices() const;
 };
 

@@ -23,6 +23,7 @@ void AddGenerateCommand(CLI::App& app, int* exit_code);
 void AddBenchCommand(CLI::App& app, int* exit_code);
 void AddWorkerCommands(CLI::App& app, int* exit_code);   // prefill, decode
 void AddRouterCommands(CLI::App& app, int* exit_code);   // router, serve --colocated
+void AddKvStoreCommand(CLI::App& app, int* exit_code);   // kvstore (cli/kvstore_cmd.cc)
 // strata up: the whole cluster on this machine (cli/up.cc).
 void AddUpCommand(CLI::App& app, int* exit_code);
 void AddChatCommand(CLI::App& app, int* exit_code);  // strata chat: streaming client (cli/chat.cc)

@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   strata::cli::AddBenchCommand(app, &exit_code);
   strata::cli::AddWorkerCommands(app, &exit_code);
   strata::cli::AddRouterCommands(app, &exit_code);
+  strata::cli::AddKvStoreCommand(app, &exit_code);
   strata::cli::AddUpCommand(app, &exit_code);
   strata::cli::AddChatCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);

@@ -238,8 +238,10 @@ int RunUp(const UpFlags& flags) {
       return ready.ok();
     };
 
-    // Workers first (they load the model in parallel), then the router, which finds them in Redis.
+    // Workers first (they load the model in parallel; the kvstores with them), then the router,
+    // which finds them in Redis.
     std::vector<ServiceEndpoints> workers;
+    for (int i = 0; i < config.kvstore.count; ++i) workers.push_back(config.KvStoreEndpoints(i));
     for (int i = 0; i < config.prefill.count; ++i) workers.push_back(config.PrefillEndpoints(i));
     for (int i = 0; i < config.decode.count; ++i) workers.push_back(config.DecodeEndpoints(i));
     for (const ServiceEndpoints& worker : workers) {
@@ -249,8 +251,9 @@ int RunUp(const UpFlags& flags) {
       }
     }
     spdlog::info(
-        "strata up: started {} prefill and {} decode worker(s); waiting for them to load the model",
-        config.prefill.count, config.decode.count);
+        "strata up: started {} prefill and {} decode worker(s){}; waiting for them to load the model",
+        config.prefill.count, config.decode.count,
+        config.kvstore.count > 0 ? absl::StrCat(" and ", config.kvstore.count, " kvstore(s)") : "");
     for (const ServiceEndpoints& worker : workers) {
       if (!wait_healthy(worker)) return false;
     }
@@ -266,10 +269,10 @@ int RunUp(const UpFlags& flags) {
     const ServiceEndpoints router = config.RouterEndpoints();
     std::printf(
         "\nStrata cluster '%s' is ready: model %s, 1 router, %d prefill and %d decode worker(s), "
-        "Redis at %s%s.\n"
+        "%d kvstore(s), Redis at %s%s.\n"
         "  OpenAI API: http://%s/v1\n\nTry:\n%s\n\nPress Ctrl-C to stop.\n",
         config.cluster.c_str(), config.ServedModelName().c_str(), config.prefill.count,
-        config.decode.count, redis.c_str(), config.private_redis() ? " (private)" : "",
+        config.decode.count, config.kvstore.count, redis.c_str(), config.private_redis() ? " (private)" : "",
         UrlHost(ConnectHost(router.host), router.http_port).c_str(), CurlCommand(config).c_str());
     std::fflush(stdout);
     std::vector<std::string> given_up;

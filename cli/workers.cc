@@ -13,6 +13,7 @@
 #include "engine/model.h"
 #include "engine/runtime.h"
 #include "engine/tokenizer.h"
+#include "kvstore/kvstore_client.h"
 #include "prefill/prefill_service.h"
 #include "prefill/prefill_worker.h"
 #include "prometheus/counter.h"
@@ -228,6 +229,13 @@ absl::Status RunPrefill(const WorkerFlags& f) {
   BlockShutdownSignals();
   WorkerBase w;
   STRATA_RETURN_IF_ERROR(Prepare(f, "prefill", w));
+  // The kvstores: where prompts' prefixes are fetched from and new blocks written back to.
+  std::unique_ptr<kvstore::KvStoreClient> store;
+  if (w.config.kvstore.count > 0 && w.config.prefix_cache.enabled) {
+    kvstore::KvStoreClientOptions o;
+    for (int i = 0; i < w.config.kvstore.count; ++i) o.addresses.push_back(w.config.KvStoreEndpoints(i).grpc_address());
+    STRATA_ASSIGN_OR_RETURN(store, kvstore::KvStoreClient::Create(*w.transport, *w.pool, o));
+  }
   STRATA_ASSIGN_OR_RETURN(auto worker, prefill::PrefillWorker::Create(*w.model, *w.pool, *w.transport,
                                                                        {.chunk_tokens = w.config.prefill.chunk_tokens,
                                                                         .step_target_ms = w.config.prefill.step_target_ms,
@@ -235,7 +243,8 @@ absl::Status RunPrefill(const WorkerFlags& f) {
                                                                         .cache = {.max_checkpoint_bytes = int64_t{w.config.prefix_cache.checkpoint_mib} << 20,
                                                                                   .on_change = w.OnPrefixChange()},
                                                                         .checkpoint_every = w.config.prefix_cache.checkpoint_every,
-                                                                        .model_identity = w.runtime->checkpoint->identity()}));
+                                                                        .model_identity = w.runtime->checkpoint->identity(),
+                                                                        .source = store.get()}));
   prefill::PrefillService service(*worker);
   STRATA_ASSIGN_OR_RETURN(auto grpc, StartGrpcServer(w.me.grpc_address(), {&service}));
   StatsMetrics stats(*w.metrics, "prefill");

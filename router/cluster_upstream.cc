@@ -6,6 +6,7 @@
 
 #include "engine/kv/block_key.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "grpcpp/grpcpp.h"
@@ -210,9 +211,15 @@ absl::StatusOr<ClusterUpstream::Route> ClusterUpstream::Choose(int64_t prompt_to
     auto it = hits.tokens.find(r.id);
     return it == hits.tokens.end() ? int64_t{0} : it->second;
   };
+  // What a kvstore holds, any prefill worker can fetch instead of computing.
+  int64_t stored = 0;
+  for (const auto& [location, tokens] : hits.tokens) {
+    if (absl::StartsWith(location, "kvstore-")) stored = std::max(stored, tokens);
+  }
+  auto prefill_cached = [&](const registry::ServiceRecord& r) { return std::max(cached(r), stored); };
   std::vector<Candidate> p, d;
   for (const auto& r : snapshot_.prefill) {
-    if (usable(r)) p.push_back({&r, sent_since_refresh_[r.id], tokens_since_refresh_[r.id], cached(r)});
+    if (usable(r)) p.push_back({&r, sent_since_refresh_[r.id], tokens_since_refresh_[r.id], prefill_cached(r)});
   }
   for (const auto& r : snapshot_.decode) {
     if (usable(r) && std::find(avoid.begin(), avoid.end(), r.id) == avoid.end()) {
@@ -227,7 +234,7 @@ absl::StatusOr<ClusterUpstream::Route> ClusterUpstream::Choose(int64_t prompt_to
   if (choice.prefill >= 0) {
     route.prefill = *p[static_cast<size_t>(choice.prefill)].record;
     ++sent_since_refresh_[route.prefill->id];
-    tokens_since_refresh_[route.prefill->id] += prompt_tokens - cached(*route.prefill);
+    tokens_since_refresh_[route.prefill->id] += prompt_tokens - prefill_cached(*route.prefill);
   }
   return route;
 }

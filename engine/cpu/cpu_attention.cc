@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/indexer_kernels.h"
+#include "engine/cpu/indexer_topk.h"
 #include "engine/cpu/vector_ops.h"
 #include "engine/kv/kv_codec.h"
 #include "engine/kv/kv_layout.h"
@@ -229,66 +231,177 @@ void CpuBackend::Compress(const StepBatch& step, const CompressorParams& p, cons
   }
 }
 
+namespace {
+
+// The indexer kernels for `isa`: VNNI where the CPU has it (CpuIsa's AVX-512 levels do not
+// imply it), else AVX2, else portable.
+const cpu::IndexerKernelTable& IndexerKernelsFor(CpuIsa isa) {
+#if defined(__x86_64__)
+  if ((isa == CpuIsa::kAvx512 || isa == CpuIsa::kAvx512Bf16) &&
+      cpu::Avx512VnniIndexerKernels() != nullptr && __builtin_cpu_supports("avx512vnni")) {
+    return *cpu::Avx512VnniIndexerKernels();
+  }
+  if (isa != CpuIsa::kGeneric && cpu::Avx2IndexerKernels() != nullptr &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return *cpu::Avx2IndexerKernels();
+  }
+#else
+  (void)isa;
+#endif
+  return cpu::GenericIndexerKernels();
+}
+
+// A sequence's indexer keys in the kernels' form (reused across calls by the calling thread).
+struct IndexerKeyBuffers {
+  std::vector<uint8_t> keys;
+  std::vector<float> kscale, slow_values;
+  std::vector<uint16_t> slow;
+  std::vector<int32_t> slow_index;
+};
+
+}  // namespace
+
+// Keys are decoded once per call into key groups, in slices of kSlice, in parallel. Rows are then
+// scanned in blocks of kRowBlock, each block streaming the keys one slice at a time (a slice stays
+// in L2 while the block's rows use it); with few rows the keys are split into parts as well, each
+// (block, part) keeping its own best k, merged at the end. See engine/cpu/indexer_topk.h.
 void CpuBackend::IndexerTopK(const StepBatch& step, const IndexerParams& p, const KvEntryFormat& f,
                              const float* q, const float* w, const KvPoolView& pool,
                              int32_t* chosen, int32_t* count) {
-  const int64_t ih = p.heads, ic = p.dim, m = 4, per_block = kBlockTokens / m;
+  const int64_t ih = p.heads, ic = p.dim, m = 4, per_block = kBlockTokens / m, topk = p.topk;
   const IndexerEntryCodec codec = IndexCodec(f);
+  const cpu::IndexerKernelTable& kernels = IndexerKernelsFor(isa_);
+  constexpr int64_t kSlice = 1024, kRowBlock = 32, kGroups = cpu::kIndexerGroupKeys;
+  using Entry = cpu::TopKCandidates::Entry;
   for (const StepSequence& s : step.host_seqs) {
     const int64_t max_visible = (s.start + s.n) / m;
-    if (max_visible == 0) {
-      for (int64_t i = 0; i < s.n; ++i) count[s.row + i] = 0;
-      continue;
+    // Rows that see at most topk entries choose them all; the others are scanned.
+    int64_t first_scan = s.n;
+    for (int64_t i = s.n - 1; i >= 0; --i) {
+      const int64_t visible = (s.start + i + 1) / m, k = std::min(topk, visible);
+      count[s.row + i] = static_cast<int32_t>(k);
+      if (k < visible) {
+        first_scan = i;
+      } else {
+        std::iota(chosen + (s.row + i) * topk, chosen + (s.row + i) * topk + k, 0);
+      }
     }
-    // Keys are decoded from their FP4 bytes a slice at a time into per-thread scratch, never
-    // materialised whole; rows are tiled so the score matrix stays within 64 MiB.
-    constexpr int64_t kSlice = 256;
+    const int64_t scan_rows = s.n - first_scan;
+    if (scan_rows == 0) continue;
+
+    // Decode [0, max_visible) into key groups; the caller thread's buffers, used through
+    // pointers on the workers.
+    thread_local IndexerKeyBuffers buffers;
+    const int64_t groups = (max_visible + kGroups - 1) / kGroups;
     const int64_t slices = (max_visible + kSlice - 1) / kSlice;
-    const int64_t tile = std::clamp<int64_t>((int64_t{16} << 20) / max_visible, 1, s.n);
-    std::vector<float> scores;
-    for (int64_t first = 0; first < s.n; first += tile) {
-      const int64_t rows = std::min(tile, s.n - first);
-      scores.resize(static_cast<size_t>(rows * max_visible));
-      ForEachItem(slices, kSlice * ih * ic * rows, [&](int, int64_t slice) {
-        const int64_t j0 = slice * kSlice, j1 = std::min(max_visible, j0 + kSlice);
-        thread_local std::vector<float> keys;
-        keys.resize(static_cast<size_t>(kSlice * ic));
-        for (int64_t j = j0; j < j1; ++j) {
-          codec.Decode(BlockEntry(pool, s, j, per_block, p.entry_offset, codec.bytes),
-                       keys.data() + (j - j0) * ic);
-        }
-        for (int64_t i = 0; i < rows; ++i) {
-          const int64_t row = s.row + first + i;
-          const int64_t visible = std::min(j1, (s.start + first + i + 1) / m);
-          if (visible > j0) {
-            cpu::IndexerScores(q + row * ih * ic, w + row * ih, ih, keys.data(), visible - j0, ic,
-                               scores.data() + i * max_visible + j0);
+    buffers.keys.resize(static_cast<size_t>(groups * kGroups * ic));
+    buffers.kscale.resize(static_cast<size_t>(groups * kGroups));
+    buffers.slow.resize(static_cast<size_t>(groups));
+    uint8_t* const keys = buffers.keys.data();
+    float* const kscale = buffers.kscale.data();
+    uint16_t* const slow = buffers.slow.data();
+    ForEachItem(slices, kSlice * ic * 2, [&](int, int64_t slice) {
+      const int64_t j0 = slice * kSlice, j1 = std::min(max_visible, j0 + kSlice);
+      const uint8_t* entries[kSlice];
+      for (int64_t j = j0; j < j1; ++j)
+        entries[j - j0] = BlockEntry(pool, s, j, per_block, p.entry_offset, codec.bytes);
+      kernels.decode(entries, j1 - j0, ic, keys + j0 * ic, kscale + j0, slow + j0 / kGroups);
+    });
+    // Keys the integer form cannot hold: decoded values, scored by the definition's loop.
+    buffers.slow_index.clear();
+    for (int64_t g = 0; g < groups; ++g) {
+      for (uint32_t bits = slow[g]; bits != 0; bits &= bits - 1)
+        buffers.slow_index.push_back(static_cast<int32_t>(g * kGroups + __builtin_ctz(bits)));
+    }
+    buffers.slow_values.resize(buffers.slow_index.size() * static_cast<size_t>(ic));
+    for (size_t i = 0; i < buffers.slow_index.size(); ++i) {
+      codec.Decode(BlockEntry(pool, s, buffers.slow_index[i], per_block, p.entry_offset, codec.bytes),
+                   buffers.slow_values.data() + i * static_cast<size_t>(ic));
+    }
+    const cpu::IndexerKeyView view{keys,
+                                   kscale,
+                                   slow,
+                                   buffers.slow_index.data(),
+                                   buffers.slow_values.data(),
+                                   static_cast<int64_t>(buffers.slow_index.size()),
+                                   ic};
+
+    // Work items: (row block, key part). Enough of them to balance the threads.
+    const int64_t row_blocks = (scan_rows + kRowBlock - 1) / kRowBlock;
+    const int64_t parts =
+        std::clamp<int64_t>((4 * threads() + row_blocks - 1) / row_blocks, 1, slices);
+    thread_local std::vector<Entry> kept_buffer;
+    thread_local std::vector<int64_t> kept_count_buffer;
+    kept_buffer.resize(static_cast<size_t>(scan_rows * parts * topk));
+    kept_count_buffer.resize(static_cast<size_t>(scan_rows * parts));
+    Entry* const kept = kept_buffer.data();
+    int64_t* const kept_count = kept_count_buffer.data();
+    ForEachItem(row_blocks * parts, kRowBlock * max_visible / parts * ih * ic, [&](int,
+                                                                                   int64_t item) {
+      const int64_t block = item / parts, part = item % parts;
+      const int64_t r0 = first_scan + block * kRowBlock, r1 = std::min(s.n, r0 + kRowBlock);
+      const int64_t key_begin = part * slices / parts * kSlice;
+      const int64_t key_end = std::min(max_visible, (part + 1) * slices / parts * kSlice);
+      thread_local std::vector<cpu::IndexerRowForm> forms;
+      thread_local std::vector<cpu::TopKCandidates> tops;
+      thread_local std::vector<uint8_t> fast;
+      thread_local cpu::IndexerScanScratch scratch;
+      thread_local std::vector<float> key_values;
+      forms.resize(static_cast<size_t>(kRowBlock));
+      tops.resize(static_cast<size_t>(kRowBlock));
+      fast.resize(static_cast<size_t>(kRowBlock));
+      for (int64_t i = r0; i < r1; ++i) {
+        const int64_t row = s.row + i;
+        fast[i - r0] = forms[i - r0].Prepare(q + row * ih * ic, w + row * ih, ih, ic);
+        tops[i - r0].Reset(topk);
+      }
+      for (int64_t j0 = key_begin; j0 < key_end; j0 += kSlice) {
+        const int64_t j1 = std::min(key_end, j0 + kSlice);
+        for (int64_t i = r0; i < r1; ++i) {
+          const int64_t row = s.row + i, end = std::min(j1, (s.start + i + 1) / m);
+          if (end <= j0) continue;
+          if (fast[i - r0]) {
+            cpu::ScanKeys(kernels, forms[i - r0], view, q + row * ih * ic, w + row * ih, ih, j0,
+                          end, scratch, tops[i - r0]);
+            continue;
+          }
+          // A row without the integer form: the definition's loop over decoded keys.
+          key_values.resize(static_cast<size_t>(ic));
+          for (int64_t j = j0; j < end; ++j) {
+            codec.Decode(BlockEntry(pool, s, j, per_block, p.entry_offset, codec.bytes),
+                         key_values.data());
+            tops[i - r0].Offer(
+                cpu::ReferenceScore(q + row * ih * ic, w + row * ih, ih, key_values.data(), ic),
+                static_cast<int32_t>(j));
           }
         }
-      });
-      ForEachItem(rows, max_visible * 4, [&](int, int64_t i) {
-        const int64_t row = s.row + first + i;
-        const int64_t visible = (s.start + first + i + 1) / m;
-        const int64_t k = std::min<int64_t>(p.topk, visible);
-        int32_t* out = chosen + row * p.topk;
-        count[row] = static_cast<int32_t>(k);
-        if (k == visible) {
-          std::iota(out, out + k, 0);
-          return;
-        }
-        thread_local std::vector<int32_t> order;
-        order.resize(static_cast<size_t>(visible));
-        std::iota(order.begin(), order.end(), 0);
-        const float* sc = scores.data() + i * max_visible;
-        // Highest scores first; among equal scores the lower index (MODEL.md §5): a strict total
-        // order, so the k selected are the same whatever the algorithm.
-        std::nth_element(
-            order.begin(), order.begin() + (k - 1), order.end(),
-            [&](int32_t a, int32_t b) { return sc[a] != sc[b] ? sc[a] > sc[b] : a < b; });
-        std::copy_n(order.begin(), k, out);
-        std::sort(out, out + k);
-      });
-    }
+      }
+      for (int64_t i = r0; i < r1; ++i) {
+        int64_t n = 0;
+        const Entry* best = tops[i - r0].Finish(&n);
+        const int64_t at = (i - first_scan) * parts + part;
+        std::copy_n(best, n, kept + at * topk);
+        kept_count[at] = n;
+      }
+    });
+    // Per row: the best k of its parts' best, in increasing j.
+    ForEachItem(scan_rows, parts * topk * 16, [&](int, int64_t r) {
+      thread_local std::vector<Entry> all;
+      all.clear();
+      for (int64_t part = 0; part < parts; ++part) {
+        const Entry* e = kept + (r * parts + part) * topk;
+        all.insert(all.end(), e, e + kept_count[r * parts + part]);
+      }
+      const int64_t row = s.row + first_scan + r;
+      const int64_t k = count[row];
+      if (static_cast<int64_t>(all.size()) > k) {
+        std::nth_element(all.begin(), all.begin() + (k - 1), all.end(),
+                         cpu::TopKCandidates::Better);
+      }
+      int32_t* out = chosen + row * topk;
+      for (int64_t c = 0; c < k; ++c) out[c] = all[static_cast<size_t>(c)].index;
+      std::sort(out, out + k);
+    });
   }
 }
 

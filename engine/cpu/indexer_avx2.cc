@@ -1,5 +1,5 @@
-// AVX2 indexer kernels (indexer_kernels.h). Compiled with -mavx2 and run only where the CPU has
-// it (CpuBackend checks); see linear_kernels.h for why everything here has internal linkage.
+// AVX2 indexer kernels (indexer_kernels.h). Compiled with -mavx2 -mfma and run only where the CPU
+// has them (CpuBackend checks); see linear_kernels.h for why everything here has internal linkage.
 //
 // Without VNNI the byte products go through vpmaddubsw, whose 16-bit pair sums saturate: the key
 // bytes are made signed again (kc = byte ^ 0x80), their sign moves onto the row's codes (vpsignb)
@@ -7,7 +7,7 @@
 // Decoding is the portable one.
 #include "engine/cpu/indexer_kernels.h"
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) && defined(__FMA__)
 
 #include <immintrin.h>
 
@@ -53,7 +53,7 @@ inline void Tile(const uint8_t* group, const float* kscale, int64_t dim, const i
 #pragma GCC unroll 4
     for (int p = 0; p < P; ++p) {
       const __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_max_epi32(acc[p][half], zero)), s);
-      score[half] = _mm256_add_ps(score[half], _mm256_mul_ps(_mm256_set1_ps(wq[p]), x));
+      score[half] = _mm256_fmadd_ps(_mm256_set1_ps(wq[p]), x, score[half]);
     }
   }
 }

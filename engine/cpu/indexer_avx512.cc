@@ -25,7 +25,7 @@ namespace {
 
 // Groups per call for P heads, so that P·G accumulators, G keys and a broadcast fit in 32
 // registers.
-constexpr int GroupsFor(int p) { return p <= 2 ? 8 : p == 3 ? 6 : p <= 6 ? 24 / p : 3; }
+constexpr int GroupsFor(int p) { return p == 1 ? 8 : p == 2 ? 8 : p == 3 ? 6 : p == 4 ? 5 : p <= 6 ? 3 : 2; }
 
 template <int P, int G>
 inline void Tile(const uint8_t* keys, const float* kscale, int64_t dim, const IndexerHeads& h,
@@ -62,7 +62,7 @@ inline void Tile(const uint8_t* keys, const float* kscale, int64_t dim, const In
 #pragma GCC unroll 8
     for (int p = 0; p < P; ++p) {
       const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_max_epi32(acc[p][g], zero)), ks);
-      score = _mm512_add_ps(score, _mm512_mul_ps(_mm512_set1_ps(h.wq[p]), x));
+      score = _mm512_fmadd_ps(_mm512_set1_ps(h.wq[p]), x, score);
     }
     _mm512_storeu_ps(out + g * kIndexerGroupKeys, score);
   }

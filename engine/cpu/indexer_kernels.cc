@@ -3,6 +3,7 @@
 #include "engine/cpu/indexer_kernels.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace strata::engine::cpu {
@@ -105,7 +106,7 @@ void Heads(const uint8_t* keys, const float* kscale, int64_t groups, int64_t dim
           s += k[0] * q[0] + k[1] * q[1] + k[2] * q[2] + k[3] * q[3];
         }
         const float x = static_cast<float>(std::max(s, 0)) * kscale[j];
-        score += h.wq[p] * x;
+        score = std::fma(h.wq[p], x, score);
       }
       out[j] = score;
     }

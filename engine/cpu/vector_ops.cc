@@ -105,27 +105,6 @@ STRATA_CLONES void ScaleRoundBf16(const float* x, float r, const float* w, int64
   for (int64_t i = 0; i < n; ++i) out[i] = RoundOne(x[i] * r * w[i]);
 }
 
-STRATA_CLONES void IndexerScores(const float* q, const float* w, int64_t heads, const float* keys,
-                                 int64_t count, int64_t dim, float* out) {
-  for (int64_t j = 0; j < count; ++j) {
-    const float* key = keys + j * dim;
-    float score = 0;
-    for (int64_t h = 0; h < heads; ++h) {
-      const float* qh = q + h * dim;
-      float acc[16] = {};
-      int64_t i = 0;
-      for (; i + 16 <= dim; i += 16) {
-        for (int l = 0; l < 16; ++l) acc[l] += qh[i + l] * key[i + l];
-      }
-      for (; i < dim; ++i) acc[i & 15] += qh[i] * key[i];
-      float dot = 0;
-      for (int l = 0; l < 16; ++l) dot += acc[l];
-      score += w[h] * std::max(dot, 0.0f);
-    }
-    out[j] = score;
-  }
-}
-
 STRATA_CLONES void MixRowsBf16(const float* coef, const float* const* rows, int64_t count,
                                int64_t n, float* out) {
   constexpr int64_t kTile = 256;

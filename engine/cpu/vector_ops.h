@@ -20,10 +20,6 @@ void Axpy(float alpha, const float* x, float* y, int64_t n);
 void RoundBf16(float* x, int64_t n);
 // out[i] = bf16(x[i] · r · w[i])
 void ScaleRoundBf16(const float* x, float r, const float* w, int64_t n, float* out);
-// The lightning indexer's scores of `count` keys [count][dim]: out[j] = Σ_h w[h]·ReLU(q_h·k_j),
-// heads in order, each dot product with Dot's order.
-void IndexerScores(const float* q, const float* w, int64_t heads, const float* keys, int64_t count,
-                   int64_t dim, float* out);
 // A main KV entry ([nope × E4M3][nope/64 × UE8M0][rope × BF16], engine/kv/kv_codec.h) decoded into
 // v[nope + rope]: the same values as MainEntryCodec::Decode, branch-free so it vectorises.
 void DecodeMainEntry(const uint8_t* in, int64_t nope, int64_t rope, float* v);

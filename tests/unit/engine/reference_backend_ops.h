@@ -233,7 +233,10 @@ inline void IndexerTopK(const StepBatch& step, const IndexerParams& p, const KvE
         const float* qh = q + (t * p.heads + h) * p.dim;
         float dot = 0;
         for (int64_t i = 0; i < p.dim; ++i) dot += qh[i] * key[i];
-        score += w[t * p.heads + h] * std::max(dot, 0.0f);
+        // One rounding per head: fma(w, ReLU(dot), score). This is what the CPU backend's
+        // vector kernels (FMA on every x86-64-v3+ host, std::fma elsewhere) and the CUDA kernel
+        // compute; a separate product and sum would differ whenever w·ReLU(dot) is inexact.
+        score = std::fma(w[t * p.heads + h], std::max(dot, 0.0f), score);
       }
       scores[j] = score;
     }
