@@ -337,7 +337,10 @@ std::vector<absl::Status> SsdTier::Read(absl::Span<const Item> items) {
         erase.emplace_back(&f, slot);
         --(f.kind == KvRecordKind::kBlock ? stats_.blocks : stats_.checkpoints);
       }
-      ++stats_.corrupt;
+      if (++stats_.corrupt <= 10 || stats_.corrupt % 1000 == 0) {
+        spdlog::warn("kvstore: a record in {} (slot {}) failed verification: {}; dropped, it will be recomputed ({} so far)",
+                     f.path, slot, s.message(), stats_.corrupt);
+      }
       out[i] = s;
       continue;
     }
