@@ -339,7 +339,7 @@ std::vector<absl::Status> SsdTier::Read(absl::Span<const Item> items) {
       }
       if (++stats_.corrupt <= 10 || stats_.corrupt % 1000 == 0) {
         spdlog::warn("kvstore: a record in {} (slot {}) failed verification: {}; dropped, it will be recomputed ({} so far)",
-                     f.path, slot, s.message(), stats_.corrupt);
+                     f.path, slot, s.ToString(), stats_.corrupt);
       }
       out[i] = s;
       continue;
