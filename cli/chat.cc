@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "cli/commands.h"
 #include "cli/http_client.h"
+#include "common/file.h"
 #include "nlohmann/json.hpp"
 
 namespace strata::cli {
@@ -32,6 +33,7 @@ struct ChatFlags {
   int max_tokens = 256;
   std::optional<double> temperature;
   std::string system;
+  std::string document;  // a file whose text comes before the message
   std::vector<std::string> message;
   double wait_ready_s = 0;
   double timeout_s = 600;
@@ -136,7 +138,14 @@ absl::Status Chat(const HttpUrl& url, const ChatFlags& flags, const std::string&
                   Outcome* outcome) {
   Json messages = Json::array();
   if (!flags.system.empty()) messages.push_back({{"role", "system"}, {"content", flags.system}});
-  messages.push_back({{"role", "user"}, {"content", absl::StrJoin(flags.message, " ")}});
+  std::string content = absl::StrJoin(flags.message, " ");
+  if (!flags.document.empty()) {
+    absl::StatusOr<std::string> text = ReadFile(flags.document);
+    if (!text.ok()) return text.status();
+    // The document first: questions about the same document share its prefix (and its KV).
+    content = absl::StrCat(*text, "\n\n", content);
+  }
+  messages.push_back({{"role", "user"}, {"content", std::move(content)}});
   Json body = {{"model", model},
                {"messages", std::move(messages)},
                {"max_tokens", flags.max_tokens},
@@ -299,6 +308,9 @@ void AddChatCommand(CLI::App& app, int* exit_code) {
                   "give up when the server sends nothing for this many seconds")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--document", flags->document,
+                  "a text file sent before MESSAGE in the same user message (ask several questions about "
+                  "one document: the cluster reuses its KV, and the stats line shows the cached tokens)");
   cmd->add_option("message", flags->message,
                   "the user message (several words are joined by spaces)")
       ->required();

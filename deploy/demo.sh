@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: makes the tiny model (once) and checks it, then starts the whole disaggregated
-# cluster on this machine (`strata up`: Redis, router, a prefill and a decode worker), streams a
-# chat answer through the OpenAI API with `strata chat`, and stops the cluster again.
+# cluster on this machine (`strata up`: Redis, router, a prefill and a decode worker, a kvstore),
+# streams a chat answer through the OpenAI API with `strata chat`, asks two questions about one
+# long document (the second reuses the first's KV: cached tokens, a short TTFT), and stops the
+# cluster again.
 set -euo pipefail
 strata=${1:?usage: demo.sh STRATA_BINARY MODEL_DIR}
 model=${2:?usage: demo.sh STRATA_BINARY MODEL_DIR}
@@ -58,7 +60,7 @@ port=$(awk '/^router:/ {r = 1; next} /^[^ #]/ {r = 0} r && $1 == "http_port:" {p
 [[ -n "$port" ]] || { echo "demo: no router http_port in $config" >&2; exit 1; }
 
 step "strata up --config ${config#"$PWD"/} --model $model"
-echo "(starting Redis, the router, 1 prefill and 1 decode worker in the background; log: $log)"
+echo "(starting Redis, the router, 1 prefill and 1 decode worker and a kvstore in the background; log: $log)"
 "$strata" up --config "$config" --model "$model" --ready-timeout "$ready_timeout_s" >"$log" 2>&1 &
 up_pid=$!
 
@@ -89,6 +91,22 @@ step "strata chat --max-tokens 32 '$question'"
 echo "(the demo model has random weights: expect fluent-looking nonsense, streamed token by token"
 echo " from the router, which got it from the decode worker, which got the prompt's KV from prefill)"
 "$strata" chat --url "http://127.0.0.1:$port" --max-tokens 32 "$question"
+
+# ---- prefix reuse: two questions about one document ---------------------------------------------
+doc="$(cd "$(dirname "$0")/.." && pwd)/README.md"
+step "strata chat --document README.md (two different questions about the same long text)"
+echo "(the first computes the whole document; the second reuses its KV blocks from the workers'"
+echo " prefix caches: look at the 'cached' tokens and the TTFT on each stats line; on a second run of"
+echo " the demo even the first is served from the kvstore's SSD tier, kept in .cache/kvstore)"
+"$strata" chat --url "http://127.0.0.1:$port" --max-tokens 16 --temperature 0 --document "$doc" \
+  "What is this document about?"
+"$strata" chat --url "http://127.0.0.1:$port" --max-tokens 16 --temperature 0 --document "$doc" \
+  "Which command runs the tests?"
+if [[ -n "$(curl -s "http://127.0.0.1:8301/metrics" 2>/dev/null | grep '^strata_kvstore_blocks')" ]]; then
+  echo "(the kvstore now holds the document too:"
+  curl -s "http://127.0.0.1:8301/metrics" | grep '^strata_kvstore_blocks' | sed 's/^/  /'
+  echo ")"
+fi
 
 step "stopping the cluster (SIGTERM to strata up)"
 kill -TERM "$up_pid"

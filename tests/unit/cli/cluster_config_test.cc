@@ -33,6 +33,8 @@ TEST(ClusterConfigTest, ShippedLocalClusterFile) {
   EXPECT_EQ(c->router.api_keys[0].tenant, "local");
   EXPECT_EQ(c->prefill.chunk_tokens, 512);
   EXPECT_EQ(c->decode.max_batch, 32);
+  EXPECT_EQ(c->kvstore.count, 1);
+  EXPECT_EQ(c->kvstore.ssd_dir, ".cache/kvstore");
   EXPECT_EQ(c->supervise.max_restarts, 5);
   EXPECT_EQ(c->supervise.window_s, 60);
   EXPECT_EQ(c->supervise.backoff_s, 0.5);
@@ -49,7 +51,8 @@ TEST(ClusterConfigTest, ShippedLocalClusterFile) {
   const ServiceEndpoints decode = c->DecodeEndpoints(0);
   EXPECT_EQ(decode.grpc_address(), "127.0.0.1:8200");
   EXPECT_EQ(decode.http_address(), "127.0.0.1:8201");
-  EXPECT_EQ(c->AllServices().size(), 3u);
+  EXPECT_EQ(c->KvStoreEndpoints(0).grpc_address(), "127.0.0.1:8300");
+  EXPECT_EQ(c->AllServices().size(), 4u);  // router, prefill-0, decode-0, kvstore-0
 }
 
 TEST(ClusterConfigTest, WorkerPortsFollowBasePortAndIndex) {
