@@ -6,12 +6,37 @@
 #include "bench/engine_bench.h"
 #include "bench/kv_transfer_bench.h"
 #include "bench/metrics_scrape.h"
+#include "bench/prefix_bench.h"
 #include "common/status.h"
 #include "bench/serve_bench.h"
 #include "cli/commands.h"
 
 namespace strata::cli {
 namespace {
+
+// `strata bench prefix`: cold and warm TTFT of one long document through a running cluster.
+void AddBenchPrefixCommand(CLI::App* bench, int* exit_code) {
+  auto o = std::make_shared<bench::PrefixBenchOptions>();
+  CLI::App* cmd = bench->add_subcommand(
+      "prefix", "TTFT of a long document asked about cold, then warm from the workers' caches, the kvstore's RAM "
+                "tier and its SSD tier, against a running cluster (targets: warm <= 5% of cold at 128K tokens, "
+                "<= 1% at 1M).");
+  cmd->add_option("--url", o->url, "router root, http://host:port")->capture_default_str();
+  cmd->add_option("--api-key", o->api_key, "sent as a Bearer token");
+  cmd->add_option("--model", o->model, "model name (default: the first one /v1/models lists)");
+  cmd->add_option("--doc-tokens", o->doc_tokens, "document length in tokens")->capture_default_str();
+  cmd->add_option("--question-tokens", o->question_tokens, "question length in tokens")->capture_default_str();
+  cmd->add_option("--output-tokens", o->output_tokens, "max_tokens per answer")->capture_default_str();
+  cmd->add_option("--workers", o->workers,
+                  "every prefill and decode worker's http://host:port (their caches are dropped to reach the kvstore)");
+  cmd->add_option("--kvstores", o->kvstores, "every kvstore's http://host:port (their RAM tiers are dropped to reach the SSD tier)");
+  cmd->add_option("--seed", o->seed, "the document (0: a new one every run)")->capture_default_str();
+  cmd->add_option("--timeout", o->timeout_s, "per request, seconds")->capture_default_str();
+  cmd->callback([o, exit_code] {
+    absl::Status s = bench::RunPrefixBench(*o);
+    if (!s.ok()) *exit_code = Fail("bench prefix", std::string(s.message()));
+  });
+}
 
 // `strata bench serve`: load on a running router (or any OpenAI-compatible server).
 void AddBenchServeCommand(CLI::App* bench, int* exit_code) {
@@ -156,6 +181,7 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
     if (!status.ok()) *exit_code = Fail("bench engine", std::string(status.message()));
   });
   AddBenchServeCommand(bench, exit_code);
+  AddBenchPrefixCommand(bench, exit_code);
   AddBenchKvTransferCommand(bench, exit_code);
 }
 

@@ -123,7 +123,7 @@ absl::Status RunKvStore(const KvStoreFlags& f) {
   KvStoreMetrics gauges(*metrics);
   STRATA_ASSIGN_OR_RETURN(auto http, StartMetricsServer(me.host, me.http_port, metrics, [&] {
     gauges.Update(store->stats(), service->stats());
-  }));
+  }, [&store] { store->DropRam(); }));
   registry::ServiceRecord record{.id = id, .role = "kvstore", .grpc_address = me.grpc_address(),
                                  .http_address = me.http_address(), .transport_address = transport->address(),
                                  .model = config.ServedModelName()};

@@ -46,11 +46,19 @@ std::string RenderMetrics(prometheus::Registry& registry) {
 
 absl::StatusOr<std::unique_ptr<HttpServer>> StartMetricsServer(const std::string& host, int port,
                                                                std::shared_ptr<prometheus::Registry> metrics,
-                                                               std::function<void()> refresh) {
+                                                               std::function<void()> refresh,
+                                                               std::function<void()> drop_caches) {
   auto server = std::make_unique<HttpServer>(
       HttpServerOptions{.address = host, .port = static_cast<uint16_t>(port), .io_threads = 1},
-      [metrics, refresh](HttpRequest request, std::shared_ptr<HttpExchange> exchange) {
-        if (request.path == "/healthz") {
+      [metrics, refresh, drop_caches](HttpRequest request, std::shared_ptr<HttpExchange> exchange) {
+        if (request.path == "/admin/drop-caches" && drop_caches) {
+          if (request.method != "POST") {
+            exchange->Respond({.status = 405, .body = "POST /admin/drop-caches\n"});
+            return;
+          }
+          drop_caches();
+          exchange->Respond({.status = 200, .body = "dropped\n"});
+        } else if (request.path == "/healthz") {
           exchange->Respond({.status = 200, .body = "ok\n"});
         } else if (request.path == "/metrics") {
           if (refresh) refresh();

@@ -30,10 +30,14 @@ int WaitForShutdownSignal();
 // Prometheus text for the registry.
 std::string RenderMetrics(prometheus::Registry& registry);
 
-// /metrics (after `refresh` updates the gauges) and /healthz on host:port.
+// /metrics (after `refresh` updates the gauges) and /healthz on host:port; with `drop_caches`,
+// also POST /admin/drop-caches (empties the service's prefix caches: an operator's flush, and how
+// `strata bench prefix` reaches the kvstore's tiers). The port is the cluster's inside, like the
+// gRPC ones.
 absl::StatusOr<std::unique_ptr<HttpServer>> StartMetricsServer(const std::string& host, int port,
                                                                std::shared_ptr<prometheus::Registry> metrics,
-                                                               std::function<void()> refresh);
+                                                               std::function<void()> refresh,
+                                                               std::function<void()> drop_caches = nullptr);
 
 // A gRPC server on `address` with `services`; fails with the address when it cannot bind.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& address,

@@ -216,7 +216,7 @@ absl::Status RunDecode(const WorkerFlags& f) {
     if (s.handoff_seconds > last_handoff_seconds) handoff_seconds.Increment(s.handoff_seconds - last_handoff_seconds);
     last_handoffs = s.handoffs;
     last_handoff_seconds = s.handoff_seconds;
-  }));
+  }, [&scheduler] { scheduler.DropPrefixCache(); }));
   auto heartbeat = std::make_unique<registry::Heartbeat>(*w.registry, Record(w), kServiceLease, [&] {
     decode::SchedulerStats s = scheduler.stats();
     return registry::Load{.queued_tokens = s.queued_tokens, .running_requests = s.running + s.queued,
@@ -253,7 +253,7 @@ absl::Status RunPrefill(const WorkerFlags& f) {
     prefill::PrefillStats s = worker->stats();
     stats.Update(s.running, s.queued, s.free_blocks, s.total_blocks, s.tokens_computed, s.kv_bytes_sent);
     prefix.Update(s.prefix);
-  }));
+  }, [&worker] { worker->DropPrefixCache(); }));
   auto heartbeat = std::make_unique<registry::Heartbeat>(*w.registry, Record(w), kServiceLease, [&] {
     prefill::PrefillStats s = worker->stats();
     return registry::Load{.queued_tokens = s.queued_tokens, .running_requests = s.running + s.queued,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -87,6 +88,11 @@ void Scheduler::Landed(const std::string& id, Landing landing) {
   inbox_.landed.emplace_back(id, std::move(landing));
 }
 
+void Scheduler::DropPrefixCache() {
+  absl::MutexLock lock(&mu_);
+  inbox_.drop_cache = true;
+}
+
 SchedulerStats Scheduler::stats() const {
   absl::MutexLock lock(&mu_);
   SchedulerStats s = stats_;
@@ -109,7 +115,8 @@ void Scheduler::Loop() {
                             });
       if (!runnable) {
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return stop_ || !inbox_.submitted.empty() || !inbox_.cancelled.empty() || !inbox_.landed.empty();
+          return stop_ || !inbox_.submitted.empty() || !inbox_.cancelled.empty() || !inbox_.landed.empty() ||
+                 inbox_.drop_cache;
         };
         if (quarantined_.empty()) {
           mu_.Await(absl::Condition(&ready));
@@ -152,6 +159,7 @@ int64_t Scheduler::AvailableBlocks() const {
 }
 
 void Scheduler::Drain(Inbox& inbox) {
+  if (inbox.drop_cache && cache_ != nullptr) cache_->Evict(std::numeric_limits<int64_t>::max());
   for (auto& s : inbox.submitted) waiting_.push_back(std::move(s));
   for (auto& [id, landing] : inbox.landed) {
     for (auto& s : admitted_) {

@@ -152,6 +152,9 @@ class Scheduler {
   }
 
   SchedulerStats stats() const;
+  // Empties the prefix cache of every block no running request holds (an operator's flush, and
+  // how `strata bench prefix` measures the kvstore's tiers).
+  void DropPrefixCache();
   // State landing slots, for registering with a transport: max_batch slots of state_bytes for the
   // final states, then max_batch more for the checkpoints.
   uint8_t* landing_memory() { return landing_.data(); }
@@ -184,6 +187,7 @@ class Scheduler {
     std::vector<std::unique_ptr<Sequence>> submitted;
     std::vector<std::string> cancelled;
     std::vector<std::pair<std::string, Landing>> landed;
+    bool drop_cache = false;
   };
 
   void Loop();

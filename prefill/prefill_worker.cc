@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -113,6 +114,11 @@ absl::Status PrefillWorker::Submit(Job job) {
   return absl::OkStatus();
 }
 
+void PrefillWorker::DropPrefixCache() {
+  absl::MutexLock lock(&mu_);
+  drop_cache_ = true;
+}
+
 void PrefillWorker::Cancel(const std::string& id) {
   absl::MutexLock lock(&mu_);
   cancels_.push_back(id);
@@ -139,7 +145,7 @@ void PrefillWorker::Loop() {
     std::vector<Job> inbox;
     std::vector<std::string> cancels;
     std::vector<std::pair<std::string, absl::StatusOr<int64_t>>> fetched;
-    bool stopping;
+    bool stopping, drop;
     {
       absl::MutexLock lock(&mu_);
       // With nothing running, a waiting job can always be admitted (every block and slot is
@@ -147,7 +153,7 @@ void PrefillWorker::Loop() {
       // With fetches out and nothing running, the waiting ones may be waiting for their blocks.
       if (running_.empty() && (waiting_.empty() || !fetching_.empty())) {
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return stop_ || !inbox_.empty() || !cancels_.empty() || !fetched_.empty();
+          return stop_ || !inbox_.empty() || !cancels_.empty() || !fetched_.empty() || drop_cache_;
         };
         if (draining_.empty() && waiting_.empty()) {
           mu_.Await(absl::Condition(&ready));
@@ -159,7 +165,10 @@ void PrefillWorker::Loop() {
       std::swap(cancels, cancels_);
       std::swap(fetched, fetched_);
       stopping = stop_;
+      drop = drop_cache_;
+      drop_cache_ = false;
     }
+    if (drop && cache_ != nullptr) cache_->Evict(std::numeric_limits<int64_t>::max());
     for (Job& j : inbox) waiting_.push_back(std::move(j));
     ReapDrained();
     FinishFetches(std::move(fetched));

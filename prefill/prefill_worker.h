@@ -115,6 +115,8 @@ class PrefillWorker {
   absl::Status Submit(Job job);
   void Cancel(const std::string& id);
   PrefillStats stats() const;
+  // Empties the prefix cache of every block no running job holds.
+  void DropPrefixCache();
 
  private:
   struct Running;
@@ -156,6 +158,7 @@ class PrefillWorker {
   std::vector<std::string> cancels_ ABSL_GUARDED_BY(mu_);
   std::vector<std::pair<std::string, absl::StatusOr<int64_t>>> fetched_ ABSL_GUARDED_BY(mu_);
   int64_t fetches_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool drop_cache_ ABSL_GUARDED_BY(mu_) = false;
   int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   PrefillStats stats_ ABSL_GUARDED_BY(mu_);
