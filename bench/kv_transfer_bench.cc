@@ -361,7 +361,7 @@ absl::StatusOr<double> ParsePerftest(const std::string& output) {
 }
 
 absl::StatusOr<double> RunPerftest(const std::string& perftest, const std::string& tls,
-                                   int64_t size, int64_t iterations) {
+                                   int64_t size, int64_t iterations, const std::string& test = "ucp_put_bw") {
   STRATA_ASSIGN_OR_RETURN(int port, FreePort());
   const absl::Time deadline = absl::Now() + kPerftestDeadline;
   STRATA_ASSIGN_OR_RETURN(pid_t server, Spawn({perftest, "-p", absl::StrCat(port)}, tls, -1));
@@ -377,7 +377,7 @@ absl::StatusOr<double> RunPerftest(const std::string& perftest, const std::strin
   int out[2];
   if (pipe2(out, O_CLOEXEC) != 0) return absl::InternalError("pipe");
   absl::StatusOr<pid_t> client =
-      Spawn({perftest, "127.0.0.1", "-p", absl::StrCat(port), "-t", "ucp_put_bw", "-s",
+      Spawn({perftest, "127.0.0.1", "-p", absl::StrCat(port), "-t", test, "-s",
              absl::StrCat(size), "-n", absl::StrCat(iterations), "-w",
              absl::StrCat(std::max<int64_t>(iterations / 10, 1))},
             tls, out[1]);
@@ -512,6 +512,11 @@ absl::Status RunKvTransferBench(const KvTransferBenchOptions& options) {
   for (const std::string& tls : o.transports)
     STRATA_RETURN_IF_ERROR(RunTransports(peer, o, tls, o.sizes, max_size));
   return absl::OkStatus();
+}
+
+absl::StatusOr<double> RunUcxPerftest(const std::string& perftest, const std::string& tls, const std::string& test,
+                                      int64_t size, int64_t iterations) {
+  return RunPerftest(perftest, tls, size, iterations, test);
 }
 
 }  // namespace strata::bench

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace strata::bench {
 
@@ -32,5 +33,10 @@ struct KvTransferBenchOptions {
 
 // Must be called before this process has started UCX (the peer is forked from it).
 absl::Status RunKvTransferBench(const KvTransferBenchOptions& options);
+
+// `ucx_perftest -t <test> -s <size> -n <iterations>` between two processes on loopback with
+// UCX_TLS=<tls>: its overall bandwidth in bytes/s (the reference other benchmarks are held to).
+absl::StatusOr<double> RunUcxPerftest(const std::string& perftest, const std::string& tls, const std::string& test,
+                                      int64_t size, int64_t iterations);
 
 }  // namespace strata::bench

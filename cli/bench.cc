@@ -6,6 +6,7 @@
 #include "bench/engine_bench.h"
 #include "bench/kv_transfer_bench.h"
 #include "bench/metrics_scrape.h"
+#include "bench/kvstore_bench.h"
 #include "bench/prefix_bench.h"
 #include "common/status.h"
 #include "bench/serve_bench.h"
@@ -35,6 +36,26 @@ void AddBenchPrefixCommand(CLI::App* bench, int* exit_code) {
   cmd->callback([o, exit_code] {
     absl::Status s = bench::RunPrefixBench(*o);
     if (!s.ok()) *exit_code = Fail("bench prefix", std::string(s.message()));
+  });
+}
+
+// `strata bench kvstore`: the kvstore's SSD tier and fetch path against dd and ucx_perftest.
+void AddBenchKvStoreCommand(CLI::App* bench, int* exit_code) {
+  auto o = std::make_shared<bench::KvStoreBenchOptions>();
+  CLI::App* cmd = bench->add_subcommand(
+      "kvstore", "The kvstore's SSD tier read rate next to dd iflag=direct, and a fetch over UCX next to "
+                 "ucx_perftest ucp_am_bw (targets: 80% of each).");
+  cmd->add_option("--preset", o->preset, "KV layout of this preset")->capture_default_str();
+  cmd->add_option("--dir", o->dir, "folder for the SSD tier (on the disk to measure)")->capture_default_str();
+  cmd->add_option("--ssd-mib", o->ssd_mib, "bytes written and read back (0: skip)")->capture_default_str();
+  cmd->add_option("--batch", o->batch, "slots per read batch")->capture_default_str();
+  cmd->add_option("--fetch-blocks", o->fetch_blocks, "blocks per fetch (0: skip)")->capture_default_str();
+  cmd->add_option("--fetch-rounds", o->fetch_rounds, "fetches timed (the best counts)")->capture_default_str();
+  cmd->add_option("--transport-tls", o->transports, "UCX_TLS for the fetch")->capture_default_str();
+  cmd->add_option("--perftest", o->perftest, "ucx_perftest binary")->capture_default_str();
+  cmd->callback([o, exit_code] {
+    absl::Status s = bench::RunKvStoreBench(*o);
+    if (!s.ok()) *exit_code = Fail("bench kvstore", std::string(s.message()));
   });
 }
 
@@ -182,6 +203,7 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   });
   AddBenchServeCommand(bench, exit_code);
   AddBenchPrefixCommand(bench, exit_code);
+  AddBenchKvStoreCommand(bench, exit_code);
   AddBenchKvTransferCommand(bench, exit_code);
 }
 

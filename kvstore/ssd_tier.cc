@@ -3,12 +3,14 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -68,54 +70,95 @@ class SsdTier::Io {
   }
   bool uring() const { return uring_; }
 
-  // Runs every op; each result is the bytes moved or -errno.
+  // Runs every op; each result is the bytes moved or -errno. Ops on adjacent file ranges (a
+  // prefix's blocks, written one after the other) go as one vectored read or write: the device
+  // sees large transfers, as dd's.
   std::vector<int64_t> Run(absl::Span<const Op> ops) {
     std::vector<int64_t> results(ops.size(), 0);
     if (!uring_) {
       for (size_t i = 0; i < ops.size(); ++i) results[i] = Sync(ops[i]);
       return results;
     }
-    absl::MutexLock lock(&mu_);  // one ring: batches take turns
-    size_t submitted = 0, completed = 0;
-    while (completed < ops.size()) {
-      while (submitted < ops.size() && submitted - completed < kDepth) {
-        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-        if (sqe == nullptr) break;
-        const Op& op = ops[submitted];
-        if (op.write) {
-          io_uring_prep_write(sqe, op.fd, op.buffer, static_cast<unsigned>(op.bytes), op.offset);
-        } else {
-          io_uring_prep_read(sqe, op.fd, op.buffer, static_cast<unsigned>(op.bytes), op.offset);
+    std::vector<size_t> order(ops.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t x, size_t y) {
+      return std::tie(ops[x].fd, ops[x].write, ops[x].offset) < std::tie(ops[y].fd, ops[y].write, ops[y].offset);
+    });
+    struct Group {
+      size_t first, count;  // into `order`
+      int64_t bytes;
+    };
+    std::vector<Group> groups;
+    for (size_t k = 0; k < order.size(); ++k) {
+      const Op& op = ops[order[k]];
+      if (!groups.empty()) {
+        Group& g = groups.back();
+        const Op& last = ops[order[g.first + g.count - 1]];
+        if (last.fd == op.fd && last.write == op.write && last.offset + static_cast<uint64_t>(last.bytes) == op.offset &&
+            g.count < kMaxIovecs && g.bytes + op.bytes <= kMaxGroupBytes) {
+          ++g.count;
+          g.bytes += op.bytes;
+          continue;
         }
-        io_uring_sqe_set_data64(sqe, submitted);
-        ++submitted;
       }
-      io_uring_submit(&ring_);
-      io_uring_cqe* cqe = nullptr;
-      const int waited = io_uring_wait_cqe(&ring_, &cqe);
-      if (waited < 0) {
-        // The ring broke: finish the rest synchronously.
-        for (size_t i = completed; i < ops.size(); ++i) results[i] = Sync(ops[i]);
-        return results;
-      }
-      unsigned head;
-      unsigned seen = 0;
-      io_uring_for_each_cqe(&ring_, head, cqe) {
-        results[io_uring_cqe_get_data64(cqe)] = cqe->res;
-        ++seen;
-      }
-      io_uring_cq_advance(&ring_, seen);
-      completed += seen;
+      groups.push_back({k, 1, op.bytes});
     }
-    // A short transfer (rare: signals, the end of the file) is finished synchronously.
-    for (size_t i = 0; i < ops.size(); ++i) {
-      if (results[i] >= 0 && results[i] < ops[i].bytes) results[i] = Sync(ops[i]);
+    std::vector<std::vector<iovec>> iovecs(groups.size());
+    for (size_t g = 0; g < groups.size(); ++g) {
+      for (size_t k = 0; k < groups[g].count; ++k) {
+        const Op& op = ops[order[groups[g].first + k]];
+        iovecs[g].push_back({op.buffer, static_cast<size_t>(op.bytes)});
+      }
+    }
+    std::vector<int64_t> moved(groups.size(), 0);
+    {
+      absl::MutexLock lock(&mu_);  // one ring: batches take turns
+      size_t submitted = 0, completed = 0;
+      bool broken = false;
+      while (completed < groups.size() && !broken) {
+        while (submitted < groups.size() && submitted - completed < kDepth) {
+          io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+          if (sqe == nullptr) break;
+          const Op& op = ops[order[groups[submitted].first]];
+          if (op.write) {
+            io_uring_prep_writev(sqe, op.fd, iovecs[submitted].data(), static_cast<unsigned>(iovecs[submitted].size()), op.offset);
+          } else {
+            io_uring_prep_readv(sqe, op.fd, iovecs[submitted].data(), static_cast<unsigned>(iovecs[submitted].size()), op.offset);
+          }
+          io_uring_sqe_set_data64(sqe, submitted);
+          ++submitted;
+        }
+        io_uring_submit(&ring_);
+        io_uring_cqe* cqe = nullptr;
+        if (io_uring_wait_cqe(&ring_, &cqe) < 0) {
+          broken = true;  // the ring broke: what is unfinished is done synchronously below
+          break;
+        }
+        unsigned head;
+        unsigned seen = 0;
+        io_uring_for_each_cqe(&ring_, head, cqe) {
+          moved[io_uring_cqe_get_data64(cqe)] = cqe->res;
+          ++seen;
+        }
+        io_uring_cq_advance(&ring_, seen);
+        completed += seen;
+      }
+    }
+    // A group that moved less than all its bytes (rare: signals, the end of the file, an error) is
+    // done again op by op, synchronously, so each op gets its own result.
+    for (size_t g = 0; g < groups.size(); ++g) {
+      for (size_t k = 0; k < groups[g].count; ++k) {
+        const size_t i = order[groups[g].first + k];
+        results[i] = moved[g] == groups[g].bytes ? ops[i].bytes : Sync(ops[i]);
+      }
     }
     return results;
   }
 
  private:
   static constexpr unsigned kDepth = 64;
+  static constexpr size_t kMaxIovecs = 256;
+  static constexpr int64_t kMaxGroupBytes = 8 << 20;
   static int64_t Sync(const Op& op) {
     int64_t done = 0;
     while (done < op.bytes) {

@@ -360,6 +360,30 @@ TEST_F(ClusterTest, QuestionsAboutOneDocumentReportCachedTokensAndKeepTheirAnswe
   EXPECT_GT(Metric(ports_.router_http, "strata_router_prefix_lookups_total{outcome=\"ok\"}"), 0);
 }
 
+// A conversation through the chat API: turn 2 sends turn 1's messages, its answer and a new
+// question. Turn 1's prompt (the chat template applied) is a prefix of turn 2's, so at least its
+// full blocks are reused; the answer is generate's for turn 2's whole prompt.
+TEST_F(ClusterTest, TheNextTurnOfAConversationReusesTheLastOne) {
+  std::string long_message;
+  for (int i = 0; i < 300; ++i) absl::StrAppend(&long_message, "word", i * 7 % 101, " ");
+  json messages = json::array({{{"role", "user"}, {"content", long_message}}});
+  json body = {{"model", kModel}, {"messages", messages}, {"max_tokens", 24}, {"temperature", 0}};
+  Streamed turn1 = Stream(ports_.router_http, "/v1/chat/completions", body);
+  ASSERT_EQ(turn1.status, 200) << turn1.error;
+  const int64_t prompt1 = turn1.usage.value("prompt_tokens", int64_t{0});
+  ASSERT_GT(prompt1, 256);
+  messages.push_back({{"role", "assistant"}, {"content", turn1.text}});
+  messages.push_back({{"role", "user"}, {"content", "And what comes next?"}});
+  body["messages"] = messages;
+  Streamed turn2 = Stream(ports_.router_http, "/v1/chat/completions", body);
+  ASSERT_EQ(turn2.status, 200) << turn2.error;
+  const int64_t cached = turn2.usage["prompt_tokens_details"].value("cached_tokens", int64_t{-1});
+  EXPECT_GE(cached, prompt1 / 128 * 128) << "turn 2 did not reuse turn 1's prompt";
+  EXPECT_LT(cached, turn2.usage.value("prompt_tokens", int64_t{0}));
+  Streamed colocated = Stream(ports_.colo_http, "/v1/chat/completions", body);
+  EXPECT_EQ(turn2.text, colocated.text);
+}
+
 TEST_F(ClusterTest, FiftyConcurrentStreamsWithUsage) {
   constexpr int kRequests = 50;
   std::vector<Streamed> results(kRequests);
