@@ -295,32 +295,30 @@ grpc::ServerUnaryReactor* KvStoreService::Abort(grpc::CallbackServerContext* c, 
 }
 
 // Fetches and commits wait for I/O: they run on the service's threads; a full queue is an
-// overloaded store (the caller computes instead).
-grpc::ServerUnaryReactor* KvStoreService::Fetch(grpc::CallbackServerContext* c, const v1::KvStoreFetchRequest* r,
-                                                v1::KvStoreFetchReply* out) {
+// overloaded store (the caller computes instead, or skips the write-back).
+template <typename Reply, typename Work>
+grpc::ServerUnaryReactor* Offload(ThreadPool& pool, grpc::CallbackServerContext* c, Reply* out, Work work,
+                                  std::function<void()> refused) {
   auto* reactor = c->DefaultReactor();
-  if (!pool_.TrySchedule([this, reactor, r, out] {
-        absl::StatusOr<v1::KvStoreFetchReply> reply = DoFetch(*r);
+  if (!pool.TrySchedule([reactor, out, work] {
+        absl::StatusOr<Reply> reply = work();
         if (reply.ok()) *out = *std::move(reply);
         reactor->Finish(reply.ok() ? grpc::Status::OK : proto::ToGrpc(reply.status()));
       })) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "kvstore: too many fetches in progress"));
+    if (refused) refused();
+    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "kvstore: too many fetches and commits in progress"));
   }
   return reactor;
 }
 
+grpc::ServerUnaryReactor* KvStoreService::Fetch(grpc::CallbackServerContext* c, const v1::KvStoreFetchRequest* r,
+                                                v1::KvStoreFetchReply* out) {
+  return Offload(pool_, c, out, [this, r] { return DoFetch(*r); }, nullptr);
+}
+
 grpc::ServerUnaryReactor* KvStoreService::Commit(grpc::CallbackServerContext* c, const v1::KvStoreCommitRequest* r,
                                                  v1::KvStoreCommitReply* out) {
-  auto* reactor = c->DefaultReactor();
-  if (!pool_.TrySchedule([this, reactor, r, out] {
-        absl::StatusOr<v1::KvStoreCommitReply> reply = DoCommit(*r);
-        if (reply.ok()) *out = *std::move(reply);
-        reactor->Finish(reply.ok() ? grpc::Status::OK : proto::ToGrpc(reply.status()));
-      })) {
-    DoAbort(r->reservation());
-    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "kvstore: too many commits in progress"));
-  }
-  return reactor;
+  return Offload(pool_, c, out, [this, r] { return DoCommit(*r); }, [this, r] { DoAbort(r->reservation()); });
 }
 
 }  // namespace strata::kvstore

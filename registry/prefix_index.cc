@@ -166,23 +166,15 @@ PrefixPublisher::~PrefixPublisher() {
   thread_.join();
 }
 
-void PrefixPublisher::Added(std::vector<std::string> keys) {
-  if (keys.empty()) return;
-  absl::MutexLock lock(&mu_);
-  pending_keys_ += static_cast<int64_t>(keys.size());
-  queue_.push_back({true, std::move(keys)});
-  while (pending_keys_ > max_pending_ && queue_.size() > 1) {
-    pending_keys_ -= static_cast<int64_t>(queue_.front().keys.size());
-    dropped_ += static_cast<int64_t>(queue_.front().keys.size());
-    queue_.pop_front();
-  }
-}
+void PrefixPublisher::Added(std::vector<std::string> keys) { Queue(true, std::move(keys)); }
 
-void PrefixPublisher::Removed(std::vector<std::string> keys) {
+void PrefixPublisher::Removed(std::vector<std::string> keys) { Queue(false, std::move(keys)); }
+
+void PrefixPublisher::Queue(bool add, std::vector<std::string> keys) {
   if (keys.empty()) return;
   absl::MutexLock lock(&mu_);
   pending_keys_ += static_cast<int64_t>(keys.size());
-  queue_.push_back({false, std::move(keys)});
+  queue_.push_back({add, std::move(keys)});
   while (pending_keys_ > max_pending_ && queue_.size() > 1) {
     pending_keys_ -= static_cast<int64_t>(queue_.front().keys.size());
     dropped_ += static_cast<int64_t>(queue_.front().keys.size());

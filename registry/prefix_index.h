@@ -75,6 +75,7 @@ class PrefixPublisher {
     bool add;
     std::vector<std::string> keys;
   };
+  void Queue(bool add, std::vector<std::string> keys);
   void Loop();
 
   PrefixIndex& index_;

@@ -474,12 +474,7 @@ class ChaosTest : public ::testing::Test {
 
   void TearDown() override {
     cluster_.reset();  // stops strata up if the test ended early
-    if (std::getenv("STRATA_E2E_KEEP") != nullptr) {
-      std::fprintf(stderr, "kept %s\n", dir_.c_str());
-    } else {
-      std::error_code ignored;
-      fs::remove_all(dir_, ignored);
-    }
+    RemoveTestDir(dir_);
   }
 
   // The prompts and their greedy answers from `strata generate` (one process each, in parallel).

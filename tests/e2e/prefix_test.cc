@@ -87,12 +87,7 @@ class PrefixTest : public ::testing::Test {
   }
   void TearDown() override {
     if (up_ != nullptr) Stop();
-    if (std::getenv("STRATA_E2E_KEEP") != nullptr) {
-      std::fprintf(stderr, "kept %s\n", dir_.c_str());
-    } else {
-      std::error_code ignored;
-      fs::remove_all(dir_, ignored);
-    }
+    RemoveTestDir(dir_);
   }
 
   void Start() {

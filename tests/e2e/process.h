@@ -10,6 +10,9 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -53,6 +56,17 @@ inline int FreePortRange(int count) {
     if (ok) return base;
   }
   return 0;
+}
+
+// A test's folder is removed at its end, unless STRATA_E2E_KEEP is set (then its path is printed,
+// for a post-mortem of the model, the cluster file and every process's log).
+inline void RemoveTestDir(const std::string& dir) {
+  if (std::getenv("STRATA_E2E_KEEP") != nullptr) {
+    std::fprintf(stderr, "kept %s\n", dir.c_str());
+    return;
+  }
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
 }
 
 inline std::string ReadWholeFile(const std::string& path) {
