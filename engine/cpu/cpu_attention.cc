@@ -110,17 +110,14 @@ void CpuBackend::Rope(float* x, int64_t rows, int64_t stride, const RopeTable& r
 
 void CpuBackend::IndexerQueries(float* q, int64_t rows, int64_t heads, int64_t dim,
                                 const RopeTable& rope, const int64_t* positions) {
-  const IndexerEntryCodec codec{dim, dim / 2 + dim / 32};
   ForEachItem(rows, heads * dim * 16, [&](int, int64_t t) {
     const RopeAngles angles(rope, positions[t], false);
-    thread_local std::vector<uint8_t> bytes;
-    bytes.resize(static_cast<size_t>(codec.bytes));
     for (int64_t h = 0; h < heads; ++h) {
       float* u = q + (t * heads + h) * dim;
       cpu::RoundBf16(u, dim);
       angles.Apply(u + dim - rope.dim);
       Hadamard(u, dim);
-      codec.Encode(u, bytes.data());
+      cpu::SimulateFp4(u, dim);
     }
   });
 }
@@ -263,8 +260,9 @@ struct IndexerKeyBuffers {
 
 // Keys are decoded once per call into key groups, in slices of kSlice, in parallel. Rows are then
 // scanned in blocks of kRowBlock, each block streaming the keys one slice at a time (a slice stays
-// in L2 while the block's rows use it); with few rows the keys are split into parts as well, each
-// (block, part) keeping its own best k, merged at the end. See engine/cpu/indexer_topk.h.
+// in L2 while the block's rows bound their scores with it), then each row scores in full the
+// groups its bounds leave (IndexerRowScan); with few rows the keys are split into parts as well,
+// each (block, part) keeping its own best k, merged at the end. See engine/cpu/indexer_topk.h.
 void CpuBackend::IndexerTopK(const StepBatch& step, const IndexerParams& p, const KvEntryFormat& f,
                              const float* q, const float* w, const KvPoolView& pool,
                              int32_t* chosen, int32_t* count) {
@@ -343,26 +341,30 @@ void CpuBackend::IndexerTopK(const StepBatch& step, const IndexerParams& p, cons
       const int64_t key_begin = part * slices / parts * kSlice;
       const int64_t key_end = std::min(max_visible, (part + 1) * slices / parts * kSlice);
       thread_local std::vector<cpu::IndexerRowForm> forms;
+      thread_local std::vector<cpu::IndexerRowScan> scans;
       thread_local std::vector<cpu::TopKCandidates> tops;
       thread_local std::vector<uint8_t> fast;
       thread_local cpu::IndexerScanScratch scratch;
       thread_local std::vector<float> key_values;
       forms.resize(static_cast<size_t>(kRowBlock));
+      scans.resize(static_cast<size_t>(kRowBlock));
       tops.resize(static_cast<size_t>(kRowBlock));
       fast.resize(static_cast<size_t>(kRowBlock));
+      // Each row's part of the range: the keys it sees.
+      auto row_end = [&](int64_t i) { return std::min(key_end, (s.start + i + 1) / m); };
       for (int64_t i = r0; i < r1; ++i) {
         const int64_t row = s.row + i;
         fast[i - r0] = forms[i - r0].Prepare(q + row * ih * ic, w + row * ih, ih, ic);
+        scans[i - r0].Begin(key_begin, std::max(key_begin, row_end(i)));
         tops[i - r0].Reset(topk);
       }
       for (int64_t j0 = key_begin; j0 < key_end; j0 += kSlice) {
         const int64_t j1 = std::min(key_end, j0 + kSlice);
         for (int64_t i = r0; i < r1; ++i) {
-          const int64_t row = s.row + i, end = std::min(j1, (s.start + i + 1) / m);
+          const int64_t row = s.row + i, end = std::min(j1, row_end(i));
           if (end <= j0) continue;
           if (fast[i - r0]) {
-            cpu::ScanKeys(kernels, forms[i - r0], view, q + row * ih * ic, w + row * ih, ih, j0,
-                          end, scratch, tops[i - r0]);
+            scans[i - r0].Slice(kernels, forms[i - r0], view, j0, end, scratch, tops[i - r0]);
             continue;
           }
           // A row without the integer form: the definition's loop over decoded keys.
@@ -374,6 +376,13 @@ void CpuBackend::IndexerTopK(const StepBatch& step, const IndexerParams& p, cons
                 cpu::ReferenceScore(q + row * ih * ic, w + row * ih, ih, key_values.data(), ic),
                 static_cast<int32_t>(j));
           }
+        }
+      }
+      for (int64_t i = r0; i < r1; ++i) {
+        const int64_t row = s.row + i;
+        if (fast[i - r0] && row_end(i) > key_begin) {
+          scans[i - r0].Finish(kernels, forms[i - r0], view, q + row * ih * ic, w + row * ih, ih,
+                               scratch, tops[i - r0]);
         }
       }
       for (int64_t i = r0; i < r1; ++i) {
@@ -488,24 +497,29 @@ void CpuBackend::AttendSequence(const StepSequence& s, const AttentionParams& p,
       for (int64_t j = 0; j < (pos + 1) / m; ++j) cand.push_back(hca + j * hd);
     }
     const int64_t n = static_cast<int64_t>(cand.size());
-    logits.resize(static_cast<size_t>(n));
+    const int64_t h0 = group * heads_per_group, nh = std::min(H, h0 + heads_per_group) - h0;
     const RopeAngles inverse(p.rope, pos, /*inverse=*/true);
-    for (int64_t h = group * heads_per_group; h < std::min(H, (group + 1) * heads_per_group); ++h) {
-      const float* qh = q + (row * H + h) * hd;
+    // The group's logits in one pass over the candidates (each read once for all its heads),
+    // then per head the softmax in candidate order, then the weighted sum in one more pass.
+    logits.resize(static_cast<size_t>(nh * n));
+    cpu::DotMany(q + (row * H + h0) * hd, hd, nh, cand.data(), n, hd, logits.data(), n);
+    for (int64_t h = h0; h < h0 + nh; ++h) {
+      float* lg = logits.data() + (h - h0) * n;
       const float sink = p.sink[h];
       float mx = sink;
       for (int64_t j = 0; j < n; ++j) {
-        logits[static_cast<size_t>(j)] = cpu::Dot(qh, cand[static_cast<size_t>(j)], hd) * scale;
-        mx = std::max(mx, logits[static_cast<size_t>(j)]);
+        lg[j] = lg[j] * scale;
+        mx = std::max(mx, lg[j]);
       }
       float denom = std::exp(sink - mx);
-      for (int64_t j = 0; j < n; ++j) {
-        denom += (logits[static_cast<size_t>(j)] = std::exp(logits[static_cast<size_t>(j)] - mx));
-      }
+      for (int64_t j = 0; j < n; ++j) denom += (lg[j] = std::exp(lg[j] - mx));
+      for (int64_t j = 0; j < n; ++j) lg[j] = lg[j] / denom;
       float* oh = o + (row * H + h) * hd;
       std::fill(oh, oh + hd, 0.0f);
-      for (int64_t j = 0; j < n; ++j)
-        cpu::Axpy(logits[static_cast<size_t>(j)] / denom, cand[static_cast<size_t>(j)], oh, hd);
+    }
+    cpu::AxpyMany(logits.data(), n, nh, cand.data(), n, hd, o + (row * H + h0) * hd, hd);
+    for (int64_t h = h0; h < h0 + nh; ++h) {
+      float* oh = o + (row * H + h) * hd;
       cpu::RoundBf16(oh, hd);
       inverse.Apply(oh + hd - p.rope.dim);
     }

@@ -92,6 +92,16 @@ void PassMasks(const float* scores, int64_t groups, float threshold, uint16_t* m
   }
 }
 
+void GroupMax(const float* scores, int64_t groups, float* out) {
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 m = _mm256_max_ps(_mm256_loadu_ps(scores + 16 * g), _mm256_loadu_ps(scores + 16 * g + 8));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    out[g] = _mm_cvtss_f32(h);
+  }
+}
+
 void Decode(const uint8_t* const* entries, int64_t count, int64_t dim, uint8_t* keys,
             float* kscale, uint16_t* slow) {
   GenericIndexerKernels().decode(entries, count, dim, keys, kscale, slow);
@@ -102,6 +112,7 @@ constexpr IndexerKernelTable kAvx2Table{
     .decode = Decode,
     .heads = Heads,
     .pass_masks = PassMasks,
+    .group_max = GroupMax,
 };
 
 }  // namespace

@@ -3,7 +3,7 @@
 // linear_kernels.h for why everything here has internal linkage.
 //
 // A call scores one query row against `groups` key groups of 16 keys. The accumulators of
-// P heads × G groups stay in registers (P·G ≤ 24): per 4 dims, G key loads and P broadcasts of
+// P heads × G groups stay in registers (P·G ≤ 16): per 4 dims, G key loads and P broadcasts of
 // the row's codes feed P·G vpdpbusd (16 keys × 4 byte products each, into exact 32-bit sums).
 // The key bytes are kc + 128, so each sum starts at −128·Σ qc.
 #include "engine/cpu/indexer_kernels.h"
@@ -23,14 +23,19 @@
 namespace strata::engine::cpu {
 namespace {
 
-// Groups per call for P heads, so that P·G accumulators, G keys and a broadcast fit in 32
-// registers.
-constexpr int GroupsFor(int p) { return p == 1 ? 8 : p == 2 ? 8 : p == 3 ? 6 : p == 4 ? 5 : p <= 6 ? 3 : 2; }
+// Groups per call for P heads: P·G accumulators, G keys and a broadcast in registers. Measured on
+// Zen 4 (GCC 12): more accumulators than ~16 make the register allocator spill; fewer than ~8 make
+// the loop bound by key loads from L2.
+constexpr int GroupsFor(int p) { return p <= 3 ? 4 : p <= 5 ? 3 : 2; }
+
+// The key width these kernels are built for (every DeepSeek-V4 indexer); others take the portable
+// kernels. A constant width keeps the loads at fixed offsets from one pointer.
+constexpr int64_t kDim = 128;
 
 template <int P, int G>
-inline void Tile(const uint8_t* keys, const float* kscale, int64_t dim, const IndexerHeads& h,
-                 bool first, float* out) {
-  const int64_t group_bytes = kIndexerGroupKeys * dim;
+inline void Tile(const uint8_t* keys, const float* kscale, const IndexerHeads& h, bool first,
+                 float* out) {
+  constexpr int64_t dim = kDim, group_bytes = kIndexerGroupKeys * dim;
   __m512i acc[P][G];
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) {
@@ -69,32 +74,36 @@ inline void Tile(const uint8_t* keys, const float* kscale, int64_t dim, const In
 }
 
 template <int P>
-void HeadsOf(const uint8_t* keys, const float* kscale, int64_t groups, int64_t dim,
-             const IndexerHeads& h, bool first, float* out) {
+void HeadsOf(const uint8_t* keys, const float* kscale, int64_t groups, const IndexerHeads& h,
+             bool first, float* out) {
   constexpr int G = GroupsFor(P);
-  const int64_t group_bytes = kIndexerGroupKeys * dim;
+  constexpr int64_t group_bytes = kIndexerGroupKeys * kDim;
   int64_t g = 0;
   for (; g + G <= groups; g += G) {
-    Tile<P, G>(keys + g * group_bytes, kscale + g * kIndexerGroupKeys, dim, h, first,
+    Tile<P, G>(keys + g * group_bytes, kscale + g * kIndexerGroupKeys, h, first,
                out + g * kIndexerGroupKeys);
   }
   for (; g < groups; ++g) {
-    Tile<P, 1>(keys + g * group_bytes, kscale + g * kIndexerGroupKeys, dim, h, first,
+    Tile<P, 1>(keys + g * group_bytes, kscale + g * kIndexerGroupKeys, h, first,
                out + g * kIndexerGroupKeys);
   }
 }
 
 void Heads(const uint8_t* keys, const float* kscale, int64_t groups, int64_t dim,
            const IndexerHeads& h, bool first, float* out) {
+  if (dim != kDim) {
+    GenericIndexerKernels().heads(keys, kscale, groups, dim, h, first, out);
+    return;
+  }
   switch (h.heads) {
-    case 1: return HeadsOf<1>(keys, kscale, groups, dim, h, first, out);
-    case 2: return HeadsOf<2>(keys, kscale, groups, dim, h, first, out);
-    case 3: return HeadsOf<3>(keys, kscale, groups, dim, h, first, out);
-    case 4: return HeadsOf<4>(keys, kscale, groups, dim, h, first, out);
-    case 5: return HeadsOf<5>(keys, kscale, groups, dim, h, first, out);
-    case 6: return HeadsOf<6>(keys, kscale, groups, dim, h, first, out);
-    case 7: return HeadsOf<7>(keys, kscale, groups, dim, h, first, out);
-    default: return HeadsOf<8>(keys, kscale, groups, dim, h, first, out);
+    case 1: return HeadsOf<1>(keys, kscale, groups, h, first, out);
+    case 2: return HeadsOf<2>(keys, kscale, groups, h, first, out);
+    case 3: return HeadsOf<3>(keys, kscale, groups, h, first, out);
+    case 4: return HeadsOf<4>(keys, kscale, groups, h, first, out);
+    case 5: return HeadsOf<5>(keys, kscale, groups, h, first, out);
+    case 6: return HeadsOf<6>(keys, kscale, groups, h, first, out);
+    case 7: return HeadsOf<7>(keys, kscale, groups, h, first, out);
+    default: return HeadsOf<8>(keys, kscale, groups, h, first, out);
   }
 }
 
@@ -105,12 +114,18 @@ void PassMasks(const float* scores, int64_t groups, float threshold, uint16_t* m
   }
 }
 
+void GroupMax(const float* scores, int64_t groups, float* out) {
+  for (int64_t g = 0; g < groups; ++g) {
+    out[g] = _mm512_reduce_max_ps(_mm512_loadu_ps(scores + g * kIndexerGroupKeys));
+  }
+}
+
 // Decoding: per key, the 64 code bytes become 128 stored bytes through a per-block table (the
 // 16 values 2v·2^d + 128 of the block's shift d, one 128-bit lane per block of 32 codes), then
 // the 16 keys of a group are written transposed, 4 bytes at a time.
 void Decode(const uint8_t* const* entries, int64_t count, int64_t dim, uint8_t* keys,
             float* kscale, uint16_t* slow) {
-  if (dim != 128) {  // the vector path below holds one key in one register pair
+  if (dim != kDim) {  // the vector path below holds one key in one register pair
     GenericIndexerKernels().decode(entries, count, dim, keys, kscale, slow);
     return;
   }
@@ -200,6 +215,7 @@ constexpr IndexerKernelTable kAvx512VnniTable{
     .decode = Decode,
     .heads = Heads,
     .pass_masks = PassMasks,
+    .group_max = GroupMax,
 };
 
 }  // namespace

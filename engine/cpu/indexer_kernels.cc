@@ -123,11 +123,18 @@ void PassMasks(const float* scores, int64_t groups, float threshold, uint16_t* m
   }
 }
 
+void GroupMax(const float* scores, int64_t groups, float* out) {
+  for (int64_t g = 0; g < groups; ++g) {
+    out[g] = *std::max_element(scores + g * kIndexerGroupKeys, scores + (g + 1) * kIndexerGroupKeys);
+  }
+}
+
 constexpr IndexerKernelTable kGenericTable{
     .name = "generic",
     .decode = Decode,
     .heads = Heads,
     .pass_masks = PassMasks,
+    .group_max = GroupMax,
 };
 
 }  // namespace

@@ -59,6 +59,8 @@ struct IndexerKernelTable {
 
   // Bit l of masks[g] = !(scores[16g + l] < threshold), for g < groups.
   void (*pass_masks)(const float* scores, int64_t groups, float threshold, uint16_t* masks);
+  // out[g] = the largest of scores[16g : 16g + 16], for g < groups (scores are not NaN).
+  void (*group_max)(const float* scores, int64_t groups, float* out);
 };
 
 const IndexerKernelTable& GenericIndexerKernels();

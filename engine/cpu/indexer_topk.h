@@ -111,17 +111,42 @@ struct IndexerKeyView {
   int64_t dim;
 };
 
-// Scratch of one scan: a slice's scores and masks.
+// Scratch of one row scan's slices: their bounds and masks.
 struct IndexerScanScratch {
   std::vector<float> scores;
   std::vector<uint16_t> masks;
   float full[kIndexerGroupKeys];
 };
 
-// Offers row's scores of keys [begin, end) (multiples of 16 but end) to top: the bound for all
-// of them, the full score where the bound reaches the threshold, ReferenceScore for slow keys.
-void ScanKeys(const IndexerKernelTable& kernels, const IndexerRowForm& row, const IndexerKeyView& k,
-              const float* q, const float* w, int64_t heads, int64_t begin, int64_t end,
+// One fast row's scan of its key range [begin, end) (begin a multiple of 16): Slice() for each
+// slice of the range in turn, then Finish(). Rows whose bound is their score offer every key as
+// its slice is scored. The others keep, per key group, the largest bound of its visible keys;
+// Finish() first scores in full the groups with the largest bounds (so the threshold starts near
+// its final value), then every other group whose bound reaches the threshold, then the slow keys.
+class IndexerRowScan {
+ public:
+  void Begin(int64_t begin, int64_t end);
+  // Keys [j0, j1) of the range (j0 a multiple of 16).
+  void Slice(const IndexerKernelTable& kernels, const IndexerRowForm& row,
+             const IndexerKeyView& k, int64_t j0, int64_t j1, IndexerScanScratch& scratch,
+             TopKCandidates& top);
+  void Finish(const IndexerKernelTable& kernels, const IndexerRowForm& row,
+              const IndexerKeyView& k, const float* q, const float* w, int64_t heads,
               IndexerScanScratch& scratch, TopKCandidates& top);
+
+ private:
+  // Offers the full scores of group g (of the view) where mask has a bit.
+  void OfferGroup(const IndexerKernelTable& kernels, const IndexerRowForm& row,
+                  const IndexerKeyView& k, int64_t g, uint32_t mask, IndexerScanScratch& scratch,
+                  TopKCandidates& top) const;
+
+  int64_t begin_ = 0, end_ = 0;
+  std::vector<float> group_bound_;  // per group of the range (−inf: nothing visible there)
+  struct Best {
+    float bound;
+    int64_t group;
+  };
+  std::vector<Best> slice_best_;  // each slice's group with the largest bound
+};
 
 }  // namespace strata::engine::cpu
