@@ -16,7 +16,8 @@ FUZZ_DIR ?= build-fuzz
 FUZZ_SECONDS ?= 600
 FUZZERS ?= $(patsubst tests/fuzz/%_fuzzer.cc,%,$(wildcard tests/fuzz/*_fuzzer.cc))
 
-.PHONY: all deps tokenizer configure build test demo bench clean fuzz-build fuzz test-asan test-tsan
+.PHONY: all deps tokenizer configure build test demo bench clean fuzz-build fuzz test-asan test-tsan \
+  tsan-abseil
 
 all: build
 
@@ -80,13 +81,15 @@ TSAN_ENV = TSAN_OPTIONS=$(SAN_COMMON):log_path=$(CURDIR)/$(TSAN_DIR)/sanitizer-l
 # Passed to ctest, e.g. SAN_CTEST_ARGS="-R decode_test" for one binary.
 SAN_CTEST_ARGS ?=
 
-# $(call san-configure-build,DIR,SANITIZE): configured like `configure`, then built.
+# $(call san-configure-build,DIR,SANITIZE[,ENTRY]): configured like `configure` (and again when
+# the cache lacks ENTRY, a shell word NAME:TYPE=VALUE passed as -DENTRY), then built.
 define san-configure-build
-	@tokdir=$$(deploy/tokenizer/fetch.sh | tail -n 1); \
+	@tokdir=$$(deploy/tokenizer/fetch.sh | tail -n 1); entry="$(3)"; \
 	if [ ! -f $(1)/build.ninja ] || \
-	   ! grep -qxF "STRATA_TOKENIZER_DIR:PATH=$$tokdir" $(1)/CMakeCache.txt; then \
+	   ! grep -qxF "STRATA_TOKENIZER_DIR:PATH=$$tokdir" $(1)/CMakeCache.txt || \
+	   { [ -n "$$entry" ] && ! grep -qxF "$$entry" $(1)/CMakeCache.txt; }; then \
 	  cmake -S . -B $(1) -G Ninja -DSTRATA_SANITIZE=$(2) -DSTRATA_WITH_CUDA=OFF \
-	    -DSTRATA_TOKENIZER_DIR="$$tokdir" $(CMAKE_ARGS); \
+	    -DSTRATA_TOKENIZER_DIR="$$tokdir" $${entry:+"-D$$entry"} $(CMAKE_ARGS); \
 	fi
 	@cmake --build $(1) -j $(JOBS)
 endef
@@ -103,8 +106,13 @@ test-asan: tokenizer
 	$(call san-configure-build,$(ASAN_DIR),$(ASAN_SANITIZE))
 	$(call san-run,$(ASAN_DIR),$(ASAN_ENV))
 
-test-tsan: tokenizer
-	$(call san-configure-build,$(TSAN_DIR),thread)
+# Debian's Abseil built with TSan (cached; minutes the first time), which the TSan build's
+# binaries load instead of /usr/lib's (cmake/strata.cmake: STRATA_TSAN_ABSL_LIBDIR).
+tsan-abseil: deps
+	@JOBS=$(JOBS) deploy/sanitizers/tsan-abseil.sh >/dev/null
+
+test-tsan: tokenizer tsan-abseil
+	$(call san-configure-build,$(TSAN_DIR),thread,STRATA_TSAN_ABSL_LIBDIR:PATH=$$(deploy/sanitizers/tsan-abseil.sh | tail -n 1))
 	$(call san-run,$(TSAN_DIR),$(TSAN_ENV))
 
 demo: build

@@ -20,6 +20,23 @@ elseif(STRATA_SANITIZE STREQUAL "thread")
   if(STRATA_HAVE_WTSAN)
     add_compile_options(-Wno-tsan)
   endif()
+  # Debian's Abseil is not built with TSan, so absl::Mutex / CondVar / Notification (ours and
+  # gRPC's) would be invisible to it and everything they guard would look racy. `make test-tsan`
+  # builds Debian's Abseil instrumented (deploy/sanitizers/tsan-abseil.sh) and passes its folder
+  # here. The sonames are the installed ones', so a DT_RPATH (not a RUNPATH: the loader searches
+  # an executable's DT_RPATH for the libraries' own dependencies too, libgrpc's libabsl_* included)
+  # makes every binary of this build, and every child it starts, load those instead of /usr/lib's.
+  set(STRATA_TSAN_ABSL_LIBDIR "" CACHE PATH
+      "Folder with the TSan-instrumented libabsl_*.so (deploy/sanitizers/tsan-abseil.sh prints it)")
+  if(STRATA_TSAN_ABSL_LIBDIR)
+    if(NOT EXISTS "${STRATA_TSAN_ABSL_LIBDIR}/libabsl_synchronization.so")
+      message(FATAL_ERROR "STRATA_TSAN_ABSL_LIBDIR=${STRATA_TSAN_ABSL_LIBDIR} has no Abseil")
+    endif()
+    add_link_options(-Wl,--disable-new-dtags -Wl,-rpath,${STRATA_TSAN_ABSL_LIBDIR})
+  else()
+    message(WARNING "TSan build with Debian's uninstrumented Abseil: expect false reports "
+                    "(`make test-tsan` sets STRATA_TSAN_ABSL_LIBDIR)")
+  endif()
 elseif(NOT STRATA_SANITIZE STREQUAL "")
   message(FATAL_ERROR "STRATA_SANITIZE must be '', 'address' (or 'address,undefined': both mean "
                       "ASan+UBSan) or 'thread', not '${STRATA_SANITIZE}'")
