@@ -26,8 +26,11 @@ TEST(ThreadPoolTest, ScheduledTasksAllRunBeforeDestruction) {
 }
 
 TEST(ThreadPoolTest, ParallelForWorksWhileOtherTasksRun) {
-  ThreadPool pool(2);
+  // Declared before the pool so that it outlives the workers: the task may still be inside
+  // WaitForNotification (re-locking the Notification's mutex) after Notify() returns, and a
+  // Notification destroyed first raced with it (TSan: ~Mutex vs. LockWhen).
   absl::Notification release;
+  ThreadPool pool(2);
   pool.Schedule([&] { release.WaitForNotification(); });  // occupies one worker
   std::atomic<int> sum{0};
   pool.ParallelFor(100, [&](size_t i) { sum.fetch_add(static_cast<int>(i)); });
