@@ -8,7 +8,8 @@
 # checks that every symbol the installed libraries export is exported by the instrumented ones.
 # Prints the folder holding the libraries on its last line. A second run finds the stamp of a
 # finished build of the same version and does not touch the network or the compiler.
-# Needs: the Debian mirror (deb-src), dpkg-dev (installed if missing), cmake, ninja, g++.
+# Needs: Debian's mirror (deb-src; STRATA_DEBIAN_MIRROR overrides http://deb.debian.org),
+# dpkg-dev (installed if missing), cmake, ninja, g++.
 set -euo pipefail
 jobs=${JOBS:-2}
 version=$(dpkg-query -W -f='${Version}' libabsl-dev 2>/dev/null) ||
@@ -35,14 +36,24 @@ work="$cache/work"
 rm -rf "$work" "$dest"
 mkdir -p "$work/apt/lists/partial" "$work/apt/cache/archives/partial"
 cd "$work"
-# A private apt state with only Debian's deb-src line: no root, nothing of the system's changed.
-echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
-  "http://deb.debian.org/debian bookworm main" >apt/sources.list
+# A private apt state with only Debian's deb-src lines (the release, its point and security
+# updates: the installed version may come from any), checked against Debian's archive keys; no
+# root needed, nothing of the system's changed.
+mirror=${STRATA_DEBIAN_MIRROR:-http://deb.debian.org}
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:?}")
+keys="[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]"
+{
+  echo "deb-src $keys $mirror/debian $codename main"
+  echo "deb-src $keys $mirror/debian $codename-updates main"
+  echo "deb-src $keys $mirror/debian-security $codename-security main"
+} >apt/sources.list
 apt_opts=(-o Dir::Etc::SourceList="$work/apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
   -o Dir::State::Lists="$work/apt/lists" -o Dir::Cache="$work/apt/cache"
   -o APT::Sandbox::User="$(id -un)" -q)
-echo "tsan-abseil: fetching the source of abseil $version from deb.debian.org" >&2
+echo "tsan-abseil: fetching the source of abseil $version from $mirror" >&2
 apt-get "${apt_opts[@]}" update >&2
+# apt checks the files against the signed Release; the .dsc's own signature needs Debian's
+# developers' keyring, which is not installed, so dpkg-source only warns about that.
 apt-get "${apt_opts[@]}" source --download-only "abseil=$version" >&2
 dpkg-source -x ./abseil_*.dsc src >&2
 
