@@ -35,29 +35,20 @@ typedef uint32_t U16 __attribute__((vector_size(64)));
 typedef uint8_t B16 __attribute__((vector_size(16)));
 
 // bf16(f) without a branch, so loops over it vectorise: round to nearest even on the top 16
-// bits; NaN keeps its payload's top bits and is made quiet.
-inline float RoundOne(float f) {
-  uint32_t u;
+// bits; NaN keeps its payload's top bits and is made quiet. F is float or V16, U its bits.
+template <typename U, typename F>
+__attribute__((always_inline)) inline F RoundLanes(F f) {
+  U u;
   std::memcpy(&u, &f, sizeof(u));
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-  const uint32_t nan = (u | 0x00400000u) & 0xFFFF0000u;
-  const uint32_t r = (u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded;
-  float out;
+  const U rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  const U nan = (u | 0x00400000u) & 0xFFFF0000u;
+  const U r = (u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded;
+  F out;
   std::memcpy(&out, &r, sizeof(out));
   return out;
 }
-
-// RoundOne on 16 lanes.
-__attribute__((always_inline)) inline V16 RoundSixteen(V16 f) {
-  U16 u;
-  std::memcpy(&u, &f, sizeof(u));
-  const U16 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-  const U16 nan = (u | 0x00400000u) & 0xFFFF0000u;
-  const U16 r = (u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded;
-  V16 out;
-  std::memcpy(&out, &r, sizeof(out));
-  return out;
-}
+inline float RoundOne(float f) { return RoundLanes<uint32_t>(f); }
+__attribute__((always_inline)) inline V16 RoundSixteen(V16 f) { return RoundLanes<U16>(f); }
 
 // The E4M3 values (engine/numerics.h E4M3ToFloat) of 16 codes, times `scale`, from their bits:
 // normal numbers by placing the fields, subnormals as m·2^-9, 0x7F/0xFF as NaN.
