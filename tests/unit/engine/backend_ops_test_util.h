@@ -190,6 +190,17 @@ inline std::vector<float> RopeFreqs(bool compressed) {
 
 inline constexpr double kFp32Eps = 0x1p-24;  // FP32 unit roundoff
 
+inline constexpr int64_t kRopeDim = 64;  // the tiny preset's rope dims
+
+// RoPE frequencies as a table on a backend or on the host.
+struct Rope {
+  std::vector<float> freqs;
+  RopeTable Table(Backend& b) const {
+    return RopeTable{Resident(b, freqs), static_cast<int64_t>(freqs.size()) * 2};
+  }
+  RopeTable Host() const { return RopeTable{freqs.data(), static_cast<int64_t>(freqs.size()) * 2}; }
+};
+
 // ---- weights -----------------------------------------------------------------------------------
 
 // A weight matrix in a checkpoint format, generated like `strata mkmodel` (w ~ N(0, 1/cols)),
