@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -48,7 +49,12 @@ absl::Status Run(const Flags& f) {
 
   std::vector<int32_t> prompt;
   if (f.kind == PromptKind::kIds) {
-    for (absl::string_view piece : absl::StrSplit(f.prompt_ids, absl::ByAnyChar(" ,\t\n"), absl::SkipEmpty())) {
+    // "@FILE": a prompt too long for one argument (Linux caps one at 128 KiB, ~20K ids).
+    std::string ids = f.prompt_ids;
+    if (absl::StartsWith(ids, "@")) {
+      STRATA_ASSIGN_OR_RETURN(ids, ReadFile(ids.substr(1)));
+    }
+    for (absl::string_view piece : absl::StrSplit(ids, absl::ByAnyChar(" ,\t\n"), absl::SkipEmpty())) {
       int32_t id;
       if (!absl::SimpleAtoi(piece, &id)) return absl::InvalidArgumentError(absl::StrCat("--prompt-ids: '", piece, "' is not a token id"));
       prompt.push_back(id);
@@ -173,7 +179,7 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
   auto* p = cmd->add_option("--prompt", f->prompt, "prompt text (BOS is added)");
   auto* pf = cmd->add_option("--prompt-file", f->prompt_file, "read the prompt text from a file (BOS is added)");
   auto* c = cmd->add_option("--chat", f->chat, "a user message, wrapped in DeepSeek's chat format");
-  auto* ids = cmd->add_option("--prompt-ids", f->prompt_ids, "token ids, fed exactly as given");
+  auto* ids = cmd->add_option("--prompt-ids", f->prompt_ids, "token ids, fed exactly as given (@FILE: read from FILE)");
   p->excludes(c)->excludes(ids)->excludes(pf);
   c->excludes(ids)->excludes(pf);
   ids->excludes(pf);
