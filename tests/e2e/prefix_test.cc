@@ -2,7 +2,9 @@
 // second question about a document reports its cached tokens and keeps strata generate's answer;
 // another tenant sending the same document reuses none of the first one's blocks; the cluster
 // stopped and started again with the same ssd_dir serves the document from the SSD tier; corrupt
-// block files are detected, dropped and recomputed — the answers unchanged, the cluster serving.
+// block files are detected, dropped and recomputed — the answers unchanged, the cluster serving;
+// twenty questions about one 64K-token document each reuse all of it and answer as strata generate
+// does on the whole prompt.
 //
 // Needs STRATA_BIN and STRATA_TOKENIZER_DIR (ctest sets both) and redis-server on PATH.
 // STRATA_E2E_KEEP=1 keeps the folder (model, cluster file, logs, SSD tier).
@@ -81,8 +83,9 @@ class PrefixTest : public ::testing::Test {
         "cluster: prefix", getpid(), "\nmodel_name: ", kModel, "\nredis: \"\"\nredis_port: ", base_,
         "\nrouter:\n  host: 127.0.0.1\n  http_port: ", base_ + 1, "\n  grpc_port: ", base_ + 2,
         "\n  policy: kv_aware\n  api_keys:\n    - {key: ", kKeyA, ", tenant: a}\n    - {key: ", kKeyB,
-        ", tenant: b}\nprefill:\n  count: 1\n  base_port: ", base_ + 4, "\n  kv_blocks: 256\ndecode:\n  count: 1\n  base_port: ",
-        base_ + 8, "\n  kv_blocks: 512\nkvstore:\n  count: 1\n  base_port: ", base_ + 12,
+        ", tenant: b}\nprefill:\n  count: 1\n  base_port: ", base_ + 4,
+        "\n  threads: 2\n  kv_blocks: 1024\ndecode:\n  count: 1\n  base_port: ", base_ + 8,
+        "\n  kv_blocks: 1024\nkvstore:\n  count: 1\n  base_port: ", base_ + 12,
         "\n  ram_mib: 64\n  ssd_dir: ", dir_, "/ssd\n  ssd_mib: 128\nprefix_cache:\n  checkpoint_every: 8\n");
   }
   void TearDown() override {
@@ -114,7 +117,7 @@ class PrefixTest : public ::testing::Test {
                                    {{"Content-Type", "application/json"}, {"Authorization", absl::StrCat("Bearer ", key)}}))) {
       return a;
     }
-    std::optional<TestResponse> r = c->ReadResponse(absl::Seconds(120));
+    std::optional<TestResponse> r = c->ReadResponse(absl::Seconds(900));
     if (!r) return a;
     a.status = r->status;
     const json j = json::parse(r->body, nullptr, false);
@@ -128,10 +131,11 @@ class PrefixTest : public ::testing::Test {
   }
 
   std::string Generate(const std::vector<int32_t>& prompt) const {
-    const std::string out = dir_ + "/generate.out";
+    const std::string out = dir_ + "/generate.out", ids = dir_ + "/generate.ids";
+    std::ofstream(ids) << absl::StrJoin(prompt, " ");  // past one argument's 128 KiB at 64K ids
     ChildProcess g;
     EXPECT_TRUE(g.Start({"sh", "-c", absl::StrCat("exec \"$@\" > ", out), "sh", Strata(), "generate", "--model",
-                         model_, "--prompt-ids", absl::StrJoin(prompt, " "), "--max-tokens", "8", "--threads", "1"},
+                         model_, "--prompt-ids", "@" + ids, "--max-tokens", "8", "--chunk", "2048"},
                         dir_ + "/generate.log"));
     while (g.Running()) absl::SleepFor(absl::Milliseconds(20));
     EXPECT_EQ(g.Stop(), 0) << g.Log();
@@ -215,6 +219,32 @@ TEST_F(PrefixTest, TheKvstoreServesADocumentAcrossRestartsTenantsAndCorruptBlock
   a = Ask(q1, kKeyA);
   EXPECT_EQ(a.cached, kDocBlockTokens);
   EXPECT_EQ(a.text, want1);
+  Stop();
+}
+
+// The long-document agent: one 64K-token document, twenty different questions. Every question
+// after the first reuses the whole document (its 512 full blocks) and answers exactly as
+// strata generate does computing the whole prompt cold.
+TEST_F(PrefixTest, TwentyQuestionsAboutA64KDocumentReuseItAndAnswerAsGenerateDoes) {
+  constexpr int kDocTokens = 65536, kQuestions = 20;
+  const std::vector<int32_t> doc = Ids(kDocTokens, 11);
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::string> want;
+  for (int i = 0; i < kQuestions; ++i) {
+    prompts.push_back(Join(doc, Ids(12 + i, 100 + static_cast<uint64_t>(i))));
+    want.push_back(Generate(prompts.back()));
+  }
+  ASSERT_NO_FATAL_FAILURE(Start());
+  for (int i = 0; i < kQuestions; ++i) {
+    const Answer a = Ask(prompts[static_cast<size_t>(i)], kKeyA);
+    ASSERT_EQ(a.status, 200) << "question " << i << ": " << a.error;
+    if (i == 0) {
+      EXPECT_EQ(a.cached, 0);
+    } else {
+      EXPECT_GE(a.cached, kDocTokens) << "question " << i;
+    }
+    EXPECT_EQ(a.text, want[static_cast<size_t>(i)]) << "question " << i;
+  }
   Stop();
 }
 
