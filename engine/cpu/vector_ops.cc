@@ -8,7 +8,11 @@
 
 namespace strata::engine::cpu {
 
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+// Clones with GCC only: clang checks the vector helpers' calling convention against each clone's
+// target before it inlines them, and refuses the x86-64-v4 clone calling a default-target helper
+// (clang builds only the sanitized fuzzers, which need no speed).
+#if defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(__SANITIZE_THREAD__)
 #define STRATA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define STRATA_CLONES
