@@ -275,6 +275,10 @@ absl::StatusOr<std::unique_ptr<DecodeService>> DecodeService::Create(Scheduler& 
 DecodeService::~DecodeService() {
   stop_.Notify();
   if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+  // The server's Shutdown returned before this, after every stream's OnDone (and its Unregister)
+  // ran; that order passes through libgrpc++, unseen by ThreadSanitizer: taking live_mu_ shows it.
+  absl::MutexLock lock(&live_mu_);
+  live_.clear();
 }
 
 void DecodeService::Register(internal::Stream* stream) {
