@@ -192,6 +192,9 @@ class OpenAiFront::Request {
       }
       text += completion_.Push(token);
     }
+    // The answer is complete (max_tokens, EOS, a stop sequence): what the decoder held back (a
+    // partial character) goes out with this token's text, not later in a chunk of its own.
+    if (completion_.finish() != FinishReason::kNone && !event.done) text += completion_.Finish(completion_.finish());
     // EOS or a stop sequence came here: the upstream need not go on (its final event follows).
     if (completion_.finish() == FinishReason::kStop && !event.done) Cancel();
     if (!event.done) {

@@ -325,6 +325,34 @@ TEST_F(FrontTest, CompletionStreamedWithUsage) {
   EXPECT_EQ(usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
 }
 
+// max_tokens ends the answer on a token whose text ends in a partial character (" " and the
+// first bytes of 😀): that token's chunk carries the held-back bytes too (as U+FFFD), so a client
+// counting chunks never sees more chunks than usage.completion_tokens.
+TEST_F(FrontTest, AnAnswerCutMidCharacterSendsNoChunkWithoutItsToken) {
+  StartFront();
+  const std::vector<int32_t> ids = Ids("ok \xF0\x9F\x98\x80");
+  ASSERT_EQ(ids.size(), 3u);
+  upstream_.SetScript(Speak("ok \xF0\x9F\x98\x80", FinishReason::kLength));
+  TestResponse r = Post("/v1/completions",
+                        CompletionBody("Smile:", {{"stream", true},
+                                                  {"max_tokens", 2},
+                                                  {"stream_options", {{"include_usage", true}}}}));
+  ASSERT_EQ(r.status, 200);
+  SseStream s = ParseSse(r.body);
+  ASSERT_TRUE(s.done) << r.body;
+  std::string text;
+  int text_chunks = 0;
+  for (const Json& e : s.events) {
+    if (e["choices"].empty()) continue;
+    const std::string piece = e["choices"][0]["text"];
+    text += piece;
+    text_chunks += piece.empty() ? 0 : 1;
+  }
+  EXPECT_EQ(text, "ok \xEF\xBF\xBD");
+  EXPECT_EQ(s.events.back()["usage"]["completion_tokens"], 2);
+  EXPECT_EQ(text_chunks, 2) << r.body;
+}
+
 TEST_F(FrontTest, ChatStreamedStartsWithTheRoleAndEndsWithFinishReason) {
   StartFront();
   upstream_.SetScript(Speak("Sure, here it is.", FinishReason::kStop));
