@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -25,24 +26,18 @@
 
 namespace strata::testing {
 
-// A port nobody listens on right now (bound to 0, read back, closed).
-inline int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-// `count` consecutive free ports starting at the returned one (checked, best effort).
+// `count` consecutive free ports starting at the returned one (checked, best effort), below the
+// kernel's ephemeral range: a port there, free when checked, can be taken by any outgoing
+// connection (another test's gRPC client) before the worker that was meant to listen on it starts.
 inline int FreePortRange(int count) {
+  int ephemeral_low = 32768;
+  if (std::FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+    if (std::fscanf(f, "%d", &ephemeral_low) != 1) ephemeral_low = 32768;
+    std::fclose(f);
+  }
+  const int low = 10000, span = std::max(ephemeral_low - count - low, 1000);
   for (int attempt = 0; attempt < 50; ++attempt) {
-    const int base = 20000 + static_cast<int>((::getpid() * 7919 + attempt * 104729) % 30000);
+    const int base = low + static_cast<int>((::getpid() * 7919 + attempt * 104729) % span);
     bool ok = true;
     for (int i = 0; i < count && ok; ++i) {
       const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
