@@ -189,11 +189,29 @@ class Reader {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Create(const Checkpoint& ckpt,
-                                                                   Backend& backend) {
+                                                                   Backend& backend,
+                                                                   const WeightSelection& select) {
   std::unique_ptr<ModelWeights> w(new ModelWeights());
   w->config_ = ckpt.config();
   const ModelConfig& c = w->config_;
   Reader r(ckpt, backend, &w->owned_);
+  auto routed = [&](int64_t layer, int64_t e) { return !select.routed || select.routed(layer, e); };
+  if (!select.dense) {
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      LayerWeights l;
+      l.ratio = c.ratio(i);
+      l.hash_routed = c.is_hash_layer(i);
+      l.experts.resize(static_cast<size_t>(c.n_routed_experts));
+      for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+        if (!routed(i, e)) continue;
+        const std::string x = absl::StrCat("layers.", i, ".ffn.experts.", e, ".");
+        l.experts[static_cast<size_t>(e)] = ExpertWeights{r.Fp4(x + "w1"), r.Fp4(x + "w3"), r.Fp4(x + "w2")};
+      }
+      w->layers_.push_back(std::move(l));
+    }
+    STRATA_RETURN_IF_ERROR(r.status());
+    return w;
+  }
   {
     TensorView embed = ckpt.Get("embed.weight");
     w->embed_ = static_cast<const uint16_t*>(
@@ -233,9 +251,11 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Create(const Checkpo
     } else {
       l.gate_bias = r.Floats(f + "gate.bias");
     }
+    l.experts.resize(static_cast<size_t>(c.n_routed_experts));
     for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+      if (!routed(i, e)) continue;
       const std::string x = absl::StrCat(f, "experts.", e, ".");
-      l.experts.push_back(ExpertWeights{r.Fp4(x + "w1"), r.Fp4(x + "w3"), r.Fp4(x + "w2")});
+      l.experts[static_cast<size_t>(e)] = ExpertWeights{r.Fp4(x + "w1"), r.Fp4(x + "w3"), r.Fp4(x + "w2")};
     }
     l.shared = ExpertWeights{r.Fp8(f + "shared_experts.w1"), r.Fp8(f + "shared_experts.w3"),
                              r.Fp8(f + "shared_experts.w2")};

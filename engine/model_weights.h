@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,10 +59,20 @@ struct LayerWeights {
   ExpertWeights shared;
 };
 
+// Which tensors ModelWeights::Create makes resident: the whole model (the default), an attention
+// worker whose routed experts live in the expert pool (routed returns false: its layers'
+// `experts` are empty views), or an expert rank (dense false: only the routed experts it holds).
+struct WeightSelection {
+  bool dense = true;  // everything but the routed experts
+  // Routed expert e of layer l is loaded where this returns true (null: every one).
+  std::function<bool(int64_t layer, int64_t expert)> routed;
+};
+
 class ModelWeights {
  public:
   static absl::StatusOr<std::unique_ptr<ModelWeights>> Create(const Checkpoint& checkpoint,
-                                                              Backend& backend);
+                                                              Backend& backend,
+                                                              const WeightSelection& select = {});
 
   const ModelConfig& config() const { return config_; }
   const LayerWeights& layer(int64_t i) const { return layers_[static_cast<size_t>(i)]; }
