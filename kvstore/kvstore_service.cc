@@ -7,6 +7,7 @@
 #include "common/status.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/grpc_status.h"
+#include "proto/unary.h"
 #include "spdlog/spdlog.h"
 
 namespace strata::kvstore {
@@ -58,19 +59,6 @@ class Settle {
   int left_ ABSL_GUARDED_BY(mu_);
   absl::Status status_ ABSL_GUARDED_BY(mu_);
 };
-
-// Finishes a unary reactor from a StatusOr of its reply.
-template <typename Reply>
-grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* c, absl::StatusOr<Reply> r, Reply* out) {
-  auto* reactor = c->DefaultReactor();
-  if (!r.ok()) {
-    reactor->Finish(proto::ToGrpc(r.status()));
-  } else {
-    *out = *std::move(r);
-    reactor->Finish(grpc::Status::OK);
-  }
-  return reactor;
-}
 
 }  // namespace
 
@@ -280,18 +268,18 @@ KvStoreService::Stats KvStoreService::stats() const {
 
 grpc::ServerUnaryReactor* KvStoreService::Lookup(grpc::CallbackServerContext* c, const v1::KvStoreLookupRequest* r,
                                                  v1::KvStoreLookupReply* out) {
-  return Answer(c, DoLookup(*r), out);
+  return proto::Answer(c, DoLookup(*r), out);
 }
 
 grpc::ServerUnaryReactor* KvStoreService::Reserve(grpc::CallbackServerContext* c, const v1::KvStoreReserveRequest* r,
                                                   v1::KvStoreReserveReply* out) {
-  return Answer(c, DoReserve(*r), out);
+  return proto::Answer(c, DoReserve(*r), out);
 }
 
 grpc::ServerUnaryReactor* KvStoreService::Abort(grpc::CallbackServerContext* c, const v1::KvStoreAbortRequest* r,
                                                 v1::KvStoreAbortReply* out) {
   DoAbort(r->reservation());
-  return Answer(c, absl::StatusOr<v1::KvStoreAbortReply>(v1::KvStoreAbortReply()), out);
+  return proto::Answer(c, absl::StatusOr<v1::KvStoreAbortReply>(v1::KvStoreAbortReply()), out);
 }
 
 // Fetches and commits wait for I/O: they run on the service's threads; a full queue is an

@@ -15,7 +15,9 @@
 #include "engine/kv/kv_cache.h"
 #include "engine/model.h"
 #include "engine/model_writer.h"
+#include "expert_pool/experts_service.h"
 #include "expert_pool/placement.h"
+#include "grpcpp/grpcpp.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -269,6 +271,43 @@ TEST_F(RemoteExpertsTest, DelayedTransfersChangeNothing) {
   absl::Status status;
   ExpectSameTrace(RunModel(*attention_, **remote, &status), "delayed");
   EXPECT_TRUE(status.ok()) << status;
+}
+
+// The control plane over real gRPC (strata.v1.Experts): the handle a worker uses in a cluster.
+TEST_F(RemoteExpertsTest, AttachingOverGrpcGivesTheSameLogits) {
+  const engine::ModelConfig& c = full_->config();
+  auto placement = Placement::Even(c.num_hidden_layers, c.n_routed_experts, 2);
+  ASSERT_TRUE(placement.ok());
+  auto fabric = transport::MakeInProcFabric();
+  std::vector<TestRank> pool = StartRanks(*placement, fabric);
+  std::vector<std::unique_ptr<ExpertsService>> services;
+  std::vector<std::unique_ptr<grpc::Server>> servers;
+  std::vector<RankHandle> handles;
+  for (size_t r = 0; r < pool.size(); ++r) {
+    services.push_back(std::make_unique<ExpertsService>(*pool[r].rank));
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(services.back().get());
+    servers.push_back(builder.BuildAndStart());
+    ASSERT_NE(port, 0);
+    handles.push_back(GrpcRankHandle(absl::StrCat("experts-", r), absl::StrCat("127.0.0.1:", port)));
+  }
+  auto client_transport = transport::MakeInProcTransport(fabric);
+  {
+    auto remote = RemoteExperts::Create(c, *client_transport, handles);
+    ASSERT_TRUE(remote.ok()) << remote.status();
+    EXPECT_EQ(pool[0].rank->stats().clients, 1);
+    absl::Status status;
+    ExpectSameTrace(RunModel(*attention_, **remote, &status), "over gRPC");
+    EXPECT_TRUE(status.ok()) << status;
+  }
+  EXPECT_EQ(pool[0].rank->stats().clients, 0) << "the worker detached as it went";
+  // A rank that is not there: the error names it and its address.
+  auto missing = RemoteExperts::Create(c, *client_transport, {GrpcRankHandle("experts-9", "127.0.0.1:1")});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(missing.status().message(), ::testing::HasSubstr("experts-9 at 127.0.0.1:1"));
+  for (auto& s : servers) s->Shutdown();
 }
 
 }  // namespace
